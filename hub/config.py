@@ -1,0 +1,104 @@
+"""Settings: every knob of the hub, read once from the environment (CONTRACT §1).
+
+``Settings.from_env()`` is the only place that reads ``os.environ``; the result is
+frozen and passed down to :func:`hub.app.create_app`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Settings", "SettingsError"]
+
+
+class SettingsError(ValueError):
+    """A setting is malformed (e.g. a non-numeric ``HUB_ARCHIVE_DELAY``)."""
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _load_or_create_secret(data_dir: Path) -> str:
+    """Return the secret kept in ``data_dir/secret``, creating it once (0600)."""
+    path = data_dir / "secret"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        value = path.read_text().strip()
+        if value:
+            return value
+        raise SettingsError(f"{path} exists but is empty; delete it or set HUB_SECRET") from None
+    value = secrets.token_urlsafe(48)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The hub's configuration. Defaults match CONTRACT §1."""
+
+    data_dir: Path = Path("./data")
+    streams_db: str = ""
+    tenant_db: str = ""
+    public_db: str = ""
+    db_auth_token: str | None = None
+    redis_url: str | None = None
+    archive_url: str = ""
+    secret: str = field(default="", repr=False)
+    archive_delay: float = 0.0
+    delivery_fee: float = 5.00
+    driver_payout: float = 12.00
+
+    # Limits and timeouts (additions to the contract; see README "Limits").
+    max_body_bytes: int = 1 << 20
+    max_payload_bytes: int = 64 << 10
+    max_batch: int = 100
+    ws_stall_timeout: float = 30.0
+    ws_queue_frames: int = 1024
+    ws_max_frame_bytes: int = 64 << 10
+
+    def __post_init__(self) -> None:
+        # Fill the defaults that derive from data_dir.
+        d = self.data_dir
+        if not self.streams_db:
+            object.__setattr__(self, "streams_db", f"file:{d / 'streams.db'}")
+        if not self.tenant_db:
+            object.__setattr__(self, "tenant_db", f"file:{d / 'tenants' / '{tenant}.db'}")
+        if not self.public_db:
+            object.__setattr__(self, "public_db", f"file:{d / 'public.db'}")
+        if not self.archive_url:
+            object.__setattr__(self, "archive_url", f"file://{d.resolve() / 'archive'}")
+        if not self.secret:
+            object.__setattr__(self, "secret", _load_or_create_secret(d))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``env`` (``os.environ`` when omitted)."""
+        e = os.environ if env is None else env
+        return cls(
+            data_dir=Path(e.get("HUB_DATA_DIR") or "./data"),
+            streams_db=e.get("HUB_STREAMS_DB", ""),
+            tenant_db=e.get("HUB_TENANT_DB", ""),
+            public_db=e.get("HUB_PUBLIC_DB", ""),
+            db_auth_token=e.get("HUB_DB_AUTH_TOKEN") or None,
+            redis_url=e.get("HUB_REDIS_URL") or None,
+            archive_url=e.get("HUB_ARCHIVE_URL", ""),
+            secret=e.get("HUB_SECRET", ""),
+            archive_delay=_float(e, "HUB_ARCHIVE_DELAY", 0.0),
+            delivery_fee=_float(e, "HUB_DELIVERY_FEE", 5.00),
+            driver_payout=_float(e, "HUB_DRIVER_PAYOUT", 12.00),
+            ws_stall_timeout=_float(e, "HUB_WS_STALL_TIMEOUT", 30.0),
+        )

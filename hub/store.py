@@ -1,0 +1,193 @@
+"""The streams store: the durable, ordered event log (the seed's ``events`` table).
+
+:class:`Store` is the interface; :func:`open_store` picks the implementation from the
+``HUB_STREAMS_DB`` URL:
+
+- ``file:PATH`` — :class:`hub.store_file.FileStore`, the embedded default (one WAL
+  connection owned by a writer thread, group commit, reader threads);
+- ``libsql://``, ``wss://``, ``ws://``, ``https://``, ``http://`` —
+  :class:`hub.store_remote.RemoteStore` through libsql-client (the ``turso`` extra).
+
+Both keep the seed's columns (``id``, ``streamId``, ``opcode``, ``nodeId``,
+``pointId``, ``delta``, ``payload``, ``ts``) plus ``seq`` (per stream, 1..n, no gaps)
+and ``pos`` (global, AUTOINCREMENT so never reused after deletes), a ``streams``
+table holding each stream's last ``seq`` (kept after archiving), and ``members``:
+who may read a stream, from which event on (CONTRACT §2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from hub.errors import Conflict, Forbidden
+from hub.events import TENANT_ID_RE, Event, NewEvent, Opcode
+
+__all__ = [
+    "SCHEMA",
+    "AppendResult",
+    "NotFirstEvent",
+    "Store",
+    "StreamInfo",
+    "members_named",
+    "open_store",
+]
+
+SCHEMA: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS events (
+        id TEXT NOT NULL UNIQUE,
+        streamId TEXT NOT NULL,
+        opcode INTEGER NOT NULL,
+        nodeId TEXT,
+        pointId TEXT,
+        delta REAL NOT NULL DEFAULT 0,
+        payload TEXT NOT NULL,
+        ts TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        pos INTEGER PRIMARY KEY AUTOINCREMENT,
+        UNIQUE (streamId, seq)
+    )""",
+    """CREATE TABLE IF NOT EXISTS streams (
+        streamId TEXT PRIMARY KEY,
+        lastSeq INTEGER NOT NULL,
+        archived INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS members (
+        streamId TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        fromSeq INTEGER NOT NULL,
+        fromPos INTEGER NOT NULL,
+        PRIMARY KEY (streamId, tenant)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS members_by_tenant ON members (tenant, streamId)",
+)
+
+EVENT_COLUMNS = "id, streamId, seq, pos, opcode, nodeId, pointId, delta, payload, ts"
+
+SELECT_STREAM = (
+    f"SELECT {EVENT_COLUMNS} FROM events WHERE streamId = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+SELECT_ALL = f"SELECT {EVENT_COLUMNS} FROM events WHERE pos > ? ORDER BY pos LIMIT ?"
+SELECT_INBOX = (
+    "SELECT e.id, e.streamId, e.seq, e.pos, e.opcode, e.nodeId, e.pointId, e.delta,"
+    " e.payload, e.ts FROM members m JOIN events e"
+    " ON e.streamId = m.streamId AND e.seq >= m.fromSeq"
+    " WHERE m.tenant = ? AND e.pos > ? ORDER BY e.pos LIMIT ?"
+)
+SELECT_STREAM_ROW = "SELECT lastSeq, archived FROM streams WHERE streamId = ?"
+SELECT_MEMBERS = "SELECT tenant, fromPos FROM members WHERE streamId = ?"
+
+
+class NotFirstEvent(Forbidden):
+    """An append that must open its stream (a customer's ORDER_CREATE) found it non-empty."""
+
+
+def row_to_event(row: Sequence[Any]) -> Event:
+    """Build an :class:`Event` from a row in ``EVENT_COLUMNS`` order."""
+    return Event(
+        id=row[0],
+        stream_id=row[1],
+        seq=int(row[2]),
+        pos=int(row[3]),
+        opcode=int(row[4]),
+        node_id=row[5],
+        point_id=row[6],
+        delta=float(row[7]),
+        payload=row[8],
+        ts=row[9],
+    )
+
+
+def members_named(event: NewEvent | Event) -> list[str]:
+    """Tenants an event makes members of its stream (CONTRACT §2)."""
+    if event.opcode == Opcode.ORDER_CREATE:
+        keys: tuple[str, ...] = ("customer", "restaurant")
+    elif event.opcode == Opcode.TASK_ASSIGN:
+        keys = ("driver",)
+    else:
+        return []
+    payload = event.payload_obj
+    out: list[str] = []
+    for key in keys:
+        value = payload.get(key)
+        if isinstance(value, str) and TENANT_ID_RE.match(value) and value not in out:
+            out.append(value)
+    return out
+
+
+def check_retry(existing: Event, new: NewEvent, stream_id: str) -> None:
+    """Raise :class:`Conflict` unless ``new`` repeats ``existing`` exactly."""
+    if existing.stream_id != stream_id or not existing.same_content(new):
+        raise Conflict(f"event {new.id!r} already exists with other content")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """What the hub needs to know of a stream to authorize access to it."""
+
+    stream_id: str
+    last_seq: int
+    archived: bool
+    members: dict[str, int] = field(default_factory=dict)  # tenant -> pos it joined at
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """The outcome of one append: the stored events, in order, and which are new."""
+
+    stream_id: str
+    events: list[Event]  # one per event asked for, in request order
+    new: list[Event]  # those this call committed (empty for a pure retry)
+    members: dict[str, int]  # the stream's members after the append -> joined at pos
+
+
+class Store(Protocol):
+    """The streams DB. Every method is safe to call concurrently."""
+
+    async def open(self) -> None:
+        """Connect and create the schema if needed."""
+
+    async def close(self) -> None:
+        """Finish pending work and release every connection. Idempotent."""
+
+    async def append(
+        self, stream_id: str, events: Sequence[NewEvent], *, first: bool = False
+    ) -> AppendResult:
+        """Commit ``events`` to the end of ``stream_id``, all or nothing.
+
+        Answers only after the commit. Events whose ``id`` is already stored with the
+        same content are returned as stored (nothing written); other content raises
+        :class:`Conflict`. With ``first=True`` the new events must open the stream
+        (else :class:`NotFirstEvent`).
+        """
+
+    async def read_stream(self, stream_id: str, since: int, limit: int) -> list[Event]:
+        """Events of ``stream_id`` with ``seq > since``, in order, at most ``limit``."""
+
+    async def read_inbox(self, tenant: str | None, since: int, limit: int) -> list[Event]:
+        """Events with ``pos > since`` of the streams ``tenant`` is a member of, from
+        the event that made it one; every stream when ``tenant`` is None."""
+
+    async def stream_info(self, stream_id: str) -> StreamInfo | None:
+        """The stream's last ``seq`` and members; None if it never existed."""
+
+    async def delete_stream(self, stream_id: str) -> int:
+        """Delete a stream's events (after archiving); its ``seq`` counter stays."""
+
+    async def ping(self) -> None:
+        """Raise if the database does not answer."""
+
+
+def open_store(url: str, *, auth_token: str | None = None) -> Store:
+    """Return the store for ``url`` (not yet opened)."""
+    if url.startswith("file:"):
+        from hub.store_file import FileStore
+
+        return FileStore(url)
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in {"libsql", "wss", "ws", "https", "http"}:
+        from hub.store_remote import RemoteStore
+
+        return RemoteStore(url, auth_token=auth_token)
+    raise ValueError(f"unsupported streams DB URL {url!r} (file:, libsql:, ws(s):, http(s):)")
