@@ -90,6 +90,7 @@ class CloseCode(IntEnum):
     GOING_AWAY = 1001  # hub shutting down; reconnect with since
     PROTOCOL_ERROR = 1002  # the client broke the WebSocket protocol
     UNSUPPORTED_DATA = 1003  # binary frame where text is expected
+    POLICY_VIOLATION = 1008  # a malformed request (e.g. a bad since); fix it first
     TOO_BIG = 1009  # frame over the size limit
     INTERNAL_ERROR = 1011  # hub fault or keepalive timeout; reconnect with since
     SERVICE_RESTART = 1012  # hub restarting; reconnect with since

@@ -17,7 +17,7 @@ who may read a stream, from which event on (CONTRACT §2).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,6 +27,7 @@ from hub.events import TENANT_ID_RE, Event, NewEvent, Opcode
 __all__ = [
     "SCHEMA",
     "AppendResult",
+    "CommitHook",
     "NotFirstEvent",
     "Store",
     "StreamInfo",
@@ -142,8 +143,18 @@ class AppendResult:
     members: dict[str, int]  # the stream's members after the append -> joined at pos
 
 
+CommitHook = Callable[[AppendResult], None]
+
+
 class Store(Protocol):
-    """The streams DB. Every method is safe to call concurrently."""
+    """The streams DB. Every method is safe to call concurrently.
+
+    ``on_commit``, when set, is called on the event loop with every append that
+    committed new events, in commit order, before the appending caller is answered
+    (so fan-out never depends on the caller still being there).
+    """
+
+    on_commit: CommitHook | None
 
     async def open(self) -> None:
         """Connect and create the schema if needed."""

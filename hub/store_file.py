@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import sqlite3
 import threading
@@ -39,6 +40,7 @@ from hub.store import (
     SELECT_STREAM,
     SELECT_STREAM_ROW,
     AppendResult,
+    CommitHook,
     NotFirstEvent,
     StreamInfo,
     check_retry,
@@ -49,6 +51,7 @@ from hub.store import (
 __all__ = ["FileStore", "connect", "path_from_url"]
 
 T = TypeVar("T")
+log = logging.getLogger("hub.store")
 
 # Limits (see README "Limits").
 BUSY_TIMEOUT_S = 5.0  # how long a write waits for another process's lock
@@ -96,7 +99,9 @@ class _Write:
 class _Job(_Write):
     __slots__ = ("fn",)
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]) -> None:
+    def __init__(
+        self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]
+    ) -> None:
         super().__init__(future, 1)
         self.fn = fn
 
@@ -123,8 +128,18 @@ class _Append(_Write):
         return _apply(conn, self)
 
 
-def _settle(batch: list[_Write]) -> None:
-    """Answer every caller of one group commit (runs on the event loop)."""
+_Read = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
+
+
+def _settle(batch: list[_Write], hook: CommitHook | None) -> None:
+    """Publish, then answer every caller of one group commit (runs on the event loop)."""
+    if hook is not None:
+        for req in batch:
+            if isinstance(req.result, AppendResult) and req.result.new:
+                try:
+                    hook(req.result)
+                except Exception:
+                    log.exception("commit hook failed")
     for req in batch:
         if req.future.done():  # the caller went away; the commit stands
             continue
@@ -201,8 +216,7 @@ class FileStore:
         self.path = path_from_url(url)
         self._readers = readers
         self._appends: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
-        self._reads: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any],
-                                             asyncio.Future[Any]] | None] = queue.SimpleQueue()  # fmt: skip
+        self._reads: queue.SimpleQueue[_Read | None] = queue.SimpleQueue()
         self._pending = 0
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -210,6 +224,7 @@ class FileStore:
         self._closed = False
         self._stopped: asyncio.Future[None] | None = None
         self.commits = 0  # group commits done (for metrics and tests)
+        self.on_commit: CommitHook | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -252,10 +267,15 @@ class FileStore:
         for _ in range(self._readers):
             self._reads.put(None)
         threads = list(self._threads)
-        await asyncio.to_thread(lambda: [t.join() for t in threads])
+
+        def join() -> None:
+            for t in threads:
+                t.join()
+
+        await asyncio.to_thread(join)
         self._threads.clear()
 
-    def _call(self, fut: asyncio.Future[T], fn: Callable[[], T] | None,
+    def _call(self, fut: asyncio.Future[Any], value: Any = None,
               exc: BaseException | None = None) -> None:  # fmt: skip
         """Resolve ``fut`` from a store thread."""
         assert self._loop is not None
@@ -265,8 +285,8 @@ class FileStore:
                 return
             if exc is not None:
                 fut.set_exception(exc)
-            elif fn is not None:
-                fut.set_result(fn())
+            else:
+                fut.set_result(value)
 
         with contextlib.suppress(RuntimeError):  # loop already closed
             self._loop.call_soon_threadsafe(settle)
@@ -279,7 +299,8 @@ class FileStore:
         if self._closed or self._loop is None:
             raise Unavailable("the streams store is closed")
         fut: asyncio.Future[AppendResult] = self._loop.create_future()
-        return await self._submit(_Append(stream_id, list(events), first, fut))
+        result: AppendResult = await self._submit(_Append(stream_id, list(events), first, fut))
+        return result
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in the writer thread inside a transaction (group-committed)."""
@@ -303,7 +324,7 @@ class FileStore:
         except Exception as exc:  # pragma: no cover - reported to open()
             self._call(started, None, exc)
             return
-        self._call(started, lambda: None)
+        self._call(started)
         try:
             while True:
                 first = self._appends.get()
@@ -327,7 +348,7 @@ class FileStore:
                     self._pending -= len(batch)
                 assert self._loop is not None
                 with contextlib.suppress(RuntimeError):
-                    self._loop.call_soon_threadsafe(_settle, batch)
+                    self._loop.call_soon_threadsafe(_settle, batch, self.on_commit)
                 if stop:
                     return
         finally:
@@ -374,7 +395,7 @@ class FileStore:
         except Exception as exc:  # pragma: no cover - reported to open()
             self._call(started, None, exc)
             return
-        self._call(started, lambda: None)
+        self._call(started)
         try:
             while True:
                 job = self._reads.get()
@@ -388,7 +409,7 @@ class FileStore:
                 except BaseException as exc:
                     self._call(fut, None, exc)
                 else:
-                    self._call(fut, lambda v=value: v)
+                    self._call(fut, value)
         finally:
             conn.close()
 
@@ -438,4 +459,7 @@ class FileStore:
         return await self.write(run)
 
     async def ping(self) -> None:
-        await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("SELECT 1").fetchone()
+
+        await self._read(run)

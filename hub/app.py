@@ -1,0 +1,195 @@
+"""The ASGI app: HTTP routes, WebSocket routes, lifespan and wiring (the edge).
+
+``create_app(settings)`` builds the app around one :class:`~hub.node.Node`;
+``hub.app:app`` builds it from the environment on first use, so importing this
+module reads nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
+
+from hub.auth import Principal, decode_token
+from hub.config import Settings
+from hub.errors import BadRequest, HubError, PayloadTooLarge
+from hub.events import check_stream_id, parse_drafts
+from hub.node import Node, order_status
+from hub.ws import InboxEndpoint, StreamEndpoint
+
+__all__ = ["app", "create_app"]
+
+log = logging.getLogger("hub")
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+READ_LIMIT_DEFAULT = 1000
+READ_LIMIT_MAX = 10_000
+
+
+class Raw(Response):
+    """A JSON response whose body is already encoded (events encode themselves once)."""
+
+    media_type = "application/json"
+
+
+def bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def int_param(request: Request, name: str, default: int, *, maximum: int | None = None) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 18:
+        raise BadRequest(f"{name} must be a non-negative integer", code=f"invalid_{name}")
+    value = int(raw)
+    if maximum is not None and value > maximum:
+        raise BadRequest(f"{name} must be at most {maximum}", code=f"invalid_{name}")
+    return value
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """Read a JSON body, refusing (413) more than ``limit`` bytes before parsing."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise PayloadTooLarge(f"request body over {limit} bytes", code="body_too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body over {limit} bytes", code="body_too_large")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadRequest("request body is not valid JSON", code="invalid_json") from None
+
+
+def create_app(settings: Settings, *, static_dir: Path | None = STATIC_DIR) -> Starlette:
+    """Build the hub's ASGI app around one node."""
+    node = Node(settings)
+
+    def principal(request: Request) -> Principal:
+        return decode_token(settings.secret, bearer(request))
+
+    async def post_events(request: Request) -> Response:
+        stream_id = check_stream_id(request.path_params["stream_id"])
+        who = principal(request)
+        body = await read_json(request, settings.max_body_bytes)
+        events = parse_drafts(
+            body,
+            stream_id=stream_id,
+            max_batch=settings.max_batch,
+            max_payload_bytes=settings.max_payload_bytes,
+        )
+        result = await node.append(who, stream_id, events)
+        payload = '{"events":[' + ",".join(e.json for e in result.events) + "]}"
+        return Raw(payload, status_code=201 if result.new else 200)
+
+    async def get_stream(request: Request) -> Response:
+        stream_id = check_stream_id(request.path_params["stream_id"])
+        since = int_param(request, "since", 0)
+        limit = int_param(request, "limit", READ_LIMIT_DEFAULT, maximum=READ_LIMIT_MAX)
+        who = principal(request)
+        info = await node.read(who, stream_id)
+        events = await node.store.read_stream(stream_id, since, limit)
+        head = events if since == 0 else await node.store.read_stream(stream_id, 0, 64)
+        status = order_status(head)
+        payload = (
+            f'{{"streamId":{json.dumps(stream_id)},'
+            f'"status":{json.dumps("archived" if info.archived else "active")},'
+            f'"orderStatus":{json.dumps(status)},"lastSeq":{info.last_seq},'
+            '"events":[' + ",".join(e.json for e in events) + "]}"
+        )
+        return Raw(payload)
+
+    async def healthz(request: Request) -> Response:
+        checks = await node.healthy()
+        ok = checks.get("streams_db") == "ok"
+        degraded = any(v != "ok" for v in checks.values())
+        status = "ok" if not degraded else ("degraded" if ok else "failing")
+        return JSONResponse({"status": status, "checks": checks}, status_code=200 if ok else 503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(node.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def hub_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HubError)
+        node.metrics.http_errors.labels(exc.code).inc()
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        node.metrics.http_errors.labels(code).inc()
+        return JSONResponse(
+            {"error": {"code": code, "message": str(exc.detail)}},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        node.metrics.http_errors.labels("internal").inc()
+        return JSONResponse(
+            {"error": {"code": "internal", "message": "internal error"}}, status_code=500
+        )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await node.start()
+        try:
+            yield
+        finally:
+            await node.close()
+
+    routes: list[Any] = [
+        Route("/api/streams/{stream_id}/events", post_events, methods=["POST"]),
+        Route("/api/streams/{stream_id}", get_stream, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        WebSocketRoute("/ws/streams/{stream_id}", StreamEndpoint(node)),
+        WebSocketRoute("/ws/inbox", InboxEndpoint(node)),
+    ]
+    if static_dir is not None and static_dir.is_dir():
+        routes.append(Mount("/", StaticFiles(directory=static_dir, html=True), name="static"))
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        HubError: hub_error,
+        HTTPException: http_error,
+        Exception: internal_error,
+    }
+    application = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    application.state.node = node
+    application.state.settings = settings
+    return application
+
+
+class _FromEnvironment:
+    """``hub.app:app``: builds the real app from the environment on its first call."""
+
+    def __init__(self) -> None:
+        self._app: Starlette | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._app is None:
+            self._app = create_app(Settings.from_env())
+        await self._app(scope, receive, send)
+
+
+app = _FromEnvironment()

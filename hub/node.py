@@ -1,0 +1,118 @@
+"""The node: one hub instance's parts wired together (store, broker, channels, metrics).
+
+The edge (:mod:`hub.app`, :mod:`hub.ws`) calls the node; the node checks access with
+:mod:`hub.auth` and commits through the :class:`~hub.store.Store`, whose commit hook
+hands every committed append, in commit order, to the :class:`~hub.broker.Broker`,
+which delivers to the local :class:`~hub.channels.Channels` of every instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hub.auth import Principal, authorize_append, authorize_read
+from hub.broker import Broker, MemoryBroker
+from hub.channels import Channels
+from hub.config import Settings
+from hub.errors import Unprocessable
+from hub.events import Event, NewEvent, Opcode
+from hub.metrics import Metrics
+from hub.store import AppendResult, Store, StreamInfo, open_store
+
+__all__ = ["ORDER_STATUS", "Node", "order_status"]
+
+# The order status an opcode moves a stream to (CONTRACT §4), in step order.
+ORDER_STATUS: dict[int, str] = {
+    Opcode.ORDER_CREATE: "placed",
+    Opcode.INVOICE_PAYMENT: "paid",
+    Opcode.TASK_CREATE: "preparing",
+    Opcode.TASK_START: "preparing",
+    Opcode.TASK_DONE: "ready",
+    Opcode.TASK_ASSIGN: "assigned",
+    Opcode.ORDER_SHIP: "picked_up",
+    Opcode.ORDER_DELIVER: "delivered",
+}
+_RANK = {s: i for i, s in enumerate(dict.fromkeys(ORDER_STATUS.values()))}
+
+
+def order_status(events: Sequence[Event]) -> str | None:
+    """The furthest order step the events reach; None for a stream with no ORDER_CREATE."""
+    if not any(e.opcode == Opcode.ORDER_CREATE for e in events):
+        return None
+    best = "placed"
+    for e in events:
+        status = ORDER_STATUS.get(e.opcode)
+        if status is not None and _RANK[status] > _RANK[best]:
+            best = status
+    return best
+
+
+class Node:
+    """One hub instance. ``start()``/``close()`` are called by the app's lifespan."""
+
+    def __init__(
+        self, settings: Settings, *, store: Store | None = None, broker: Broker | None = None
+    ) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.store: Store = store or open_store(
+            settings.streams_db, auth_token=settings.db_auth_token
+        )
+        self.broker: Broker = broker or MemoryBroker()
+        self.channels = Channels(self.broker)
+
+    async def start(self) -> None:
+        await self.store.open()
+        self.store.on_commit = self.broker.publish
+        await self.broker.start(self.channels.deliver, self.channels.resync)
+
+    async def close(self) -> None:
+        """Stop fan-out, then the store (every task awaited). Idempotent."""
+        self.store.on_commit = None
+        await self.broker.close()
+        await self.store.close()
+
+    async def location(self, who: Principal, frame: Mapping[str, Any]) -> None:
+        """A driver's GPS ping (CONTRACT §4 /api/motion); arrives with the order flow."""
+        raise Unprocessable("location frames are not accepted yet", code="unsupported")
+
+    async def append(
+        self, who: Principal, stream_id: str, events: Sequence[NewEvent]
+    ) -> AppendResult:
+        """Authorize and commit an append through the generic event API."""
+        info = await self.store.stream_info(stream_id)
+        first = authorize_append(who, info, events)
+        return await self.commit(stream_id, events, first=first)
+
+    async def commit(
+        self, stream_id: str, events: Sequence[NewEvent], *, first: bool = False
+    ) -> AppendResult:
+        """Commit already-authorized events, count them, and hand them on for fan-out."""
+        t0 = time.perf_counter()
+        result = await self.store.append(stream_id, events, first=first)
+        self.metrics.append_latency.observe(time.perf_counter() - t0)
+        if result.new:
+            self.metrics.events_appended.inc(len(result.new))
+            self.metrics.db_writes.labels("streams").inc(len(result.new))
+        return result
+
+    async def read(self, who: Principal, stream_id: str) -> StreamInfo:
+        """Return the stream's info if ``who`` may read it (else Forbidden/NotFound)."""
+        info = await self.store.stream_info(stream_id)
+        authorize_read(who, info)
+        assert info is not None
+        return info
+
+    async def healthy(self, timeout: float = 2.0) -> dict[str, str]:
+        """Check each dependency; the streams DB answering is what makes the hub healthy."""
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(self.store.ping(), timeout)
+            checks["streams_db"] = "ok"
+        except Exception as exc:
+            checks["streams_db"] = f"failing: {exc}"
+        checks["broker"] = self.broker.health()
+        return checks

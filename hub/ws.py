@@ -1,0 +1,360 @@
+"""One WebSocket connection: authenticate, subscribe, replay, go live, never lose an event.
+
+The order of work (CONTRACT §5) is what makes resume exact:
+
+1. accept, then authenticate (a refusal is a 4401/4403 close a browser can read);
+2. subscribe to the live channel first, buffering what arrives;
+3. replay from the store every event after ``since``, page by page;
+4. send the ``live`` frame, then the buffered and new events, dropping anything at or
+   below the last ``seq``/``pos`` sent.
+
+Each connection has one bounded queue and one writer task; the reader, the writer and a
+stall watchdog run together and when one ends the others are cancelled and awaited.
+Overflow policy: a subscriber whose queue fills has its queued live events dropped and
+is fed from the store at the pace its socket drains (it loses nothing). A gap in the
+live feed (a ``seq`` jump) is filled from the store the same way. A socket that drains
+nothing for ``ws_stall_timeout`` seconds is closed with 4008 (reconnect with ``since``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+from hub.auth import Principal, decode_token
+from hub.broker import Message, Notice, inbox_channel, stream_channel
+from hub.errors import CloseCode, HubError
+from hub.events import Event, check_stream_id
+from hub.node import Node
+
+__all__ = ["Feed", "InboxEndpoint", "StreamEndpoint"]
+
+log = logging.getLogger("hub.ws")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+REPLAY_PAGE = 500  # events read from the store per page while replaying
+CONTROL_MAX = 64  # pongs and error frames waiting to be sent
+NOTICE_MAX = 64  # location frames waiting (oldest dropped first)
+MAX_CLIENT_FRAME = 64 << 10  # characters of one client frame
+
+
+class Feed:
+    """One subscription's delivery state: a stream (by ``seq``) or an inbox (by ``pos``)."""
+
+    def __init__(
+        self,
+        node: Node,
+        *,
+        stream_id: str | None,
+        tenant: str | None,
+        since: int,
+        queue_max: int,
+    ) -> None:
+        self.node = node
+        self.stream_id = stream_id  # None: an inbox
+        self.tenant = tenant  # inbox owner; None with stream_id None: the platform's inbox
+        self.last = since
+        self.queue: deque[Event] = deque()
+        self.queue_max = queue_max
+        self.notices: deque[Notice] = deque(maxlen=NOTICE_MAX)
+        self.final: Notice | None = None
+        self.fallback = True  # start by reading the store (the replay)
+        self.wake = asyncio.Event()
+
+    @property
+    def channel(self) -> str:
+        if self.stream_id is not None:
+            return stream_channel(self.stream_id)
+        return inbox_channel(self.tenant)
+
+    def key(self, event: Event) -> int:
+        return event.seq if self.stream_id is not None else event.pos
+
+    # Subscriber protocol (called by Channels; never blocks).
+    def offer(self, message: Message) -> None:
+        if isinstance(message, Notice):
+            if message.final:
+                self.final = message
+            else:
+                self.notices.append(message)
+        elif self.fallback:
+            return  # the writer will read it from the store
+        elif len(self.queue) >= self.queue_max:
+            self.queue.clear()
+            self.fallback = True
+            self.node.metrics.slow_fallbacks.inc()
+        else:
+            self.queue.append(message)
+        self.wake.set()
+
+    def resync(self) -> None:
+        self.queue.clear()
+        self.fallback = True
+        self.wake.set()
+
+    async def read(self) -> list[Event]:
+        if self.stream_id is not None:
+            return await self.node.store.read_stream(self.stream_id, self.last, REPLAY_PAGE)
+        return await self.node.store.read_inbox(self.tenant, self.last, REPLAY_PAGE)
+
+    def live_frame(self) -> str:
+        if self.stream_id is not None:
+            return json.dumps({"type": "live", "streamId": self.stream_id, "seq": self.last})
+        return json.dumps({"type": "live", "pos": self.last})
+
+
+class _Closed(Exception):
+    """End the connection with ``code``."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+
+def error_frame(code: str, message: str) -> str:
+    return json.dumps({"type": "error", "error": {"code": code, "message": message}})
+
+
+class Connection:
+    """A subscribed socket: reader, writer and stall watchdog."""
+
+    def __init__(self, node: Node, who: Principal, feed: Feed, send: Send, receive: Receive):
+        self.node = node
+        self.who = who
+        self.feed = feed
+        self._send = send
+        self._receive = receive
+        self.control: deque[str] = deque()
+        self.sending_since: float | None = None
+        self.stall_timeout = node.settings.ws_stall_timeout
+
+    async def send(self, frame: str) -> None:
+        self.sending_since = time.monotonic()
+        await self._send({"type": "websocket.send", "text": frame})
+        self.sending_since = None
+        self.node.metrics.frames_sent.inc()
+
+    def push_control(self, frame: str) -> None:
+        if len(self.control) >= CONTROL_MAX:
+            raise _Closed(CloseCode.STALLED, "replies not being read")
+        self.control.append(frame)
+        self.feed.wake.set()
+
+    async def catch_up(self) -> None:
+        """Send from the store until caught up; live events buffer meanwhile."""
+        feed = self.feed
+        while True:
+            feed.fallback = False
+            rows = await feed.read()
+            for event in rows:
+                await self.send(event.frame)
+                feed.last = feed.key(event)
+            if len(rows) < REPLAY_PAGE and not feed.fallback:
+                return
+
+    async def writer(self) -> None:
+        feed = self.feed
+        await self.catch_up()
+        await self.send(feed.live_frame())
+        while True:
+            await feed.wake.wait()
+            feed.wake.clear()
+            while True:
+                if self.control:
+                    await self.send(self.control.popleft())
+                elif feed.fallback:
+                    await self.catch_up()
+                elif feed.queue:
+                    event = feed.queue.popleft()
+                    key = feed.key(event)
+                    if key <= feed.last:
+                        continue
+                    if feed.stream_id is not None and key != feed.last + 1:
+                        feed.resync()  # a gap: fill it from the store
+                        continue
+                    await self.send(event.frame)
+                    feed.last = key
+                elif feed.notices:
+                    await self.send(feed.notices.popleft().frame)
+                elif feed.final is not None:
+                    await self.catch_up()
+                    await self.send(feed.final.frame)
+                    raise _Closed(CloseCode.NORMAL, "archived")
+                else:
+                    break
+
+    async def reader(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                self.push_control(error_frame("binary_frame", "frames must be JSON text"))
+                continue
+            if len(text) > MAX_CLIENT_FRAME:
+                self.push_control(error_frame("frame_too_large", "frame over 64 KiB"))
+                continue
+            try:
+                frame = json.loads(text)
+            except (ValueError, RecursionError):
+                self.push_control(error_frame("invalid_json", "frame is not valid JSON"))
+                continue
+            kind = frame.get("type") if isinstance(frame, dict) else None
+            if kind == "ping":
+                self.push_control('{"type":"pong"}')
+            elif kind == "location":
+                try:
+                    await self.node.location(self.who, frame)
+                except HubError as exc:
+                    self.push_control(error_frame(exc.code, exc.message))
+            else:
+                self.push_control(
+                    error_frame("unknown_frame", "expected a JSON object with type ping|location")
+                )
+
+    async def watchdog(self) -> None:
+        period = max(0.05, min(1.0, self.stall_timeout / 4))
+        while True:
+            await asyncio.sleep(period)
+            started = self.sending_since
+            if started is not None and time.monotonic() - started > self.stall_timeout:
+                self.node.metrics.stalled_closes.inc()
+                raise _Closed(CloseCode.STALLED, "socket drained nothing")
+
+    async def run(self) -> int | None:
+        """Serve until the client leaves or a close is due; returns the close code to send."""
+        tasks = [
+            asyncio.create_task(self.reader(), name="ws-reader"),
+            asyncio.create_task(self.writer(), name="ws-writer"),
+            asyncio.create_task(self.watchdog(), name="ws-watchdog"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for t in done:
+            if t.cancelled():
+                continue
+            exc = t.exception()
+            if isinstance(exc, _Closed):
+                return exc.code
+            if exc is not None and not _client_gone(exc):
+                log.error("connection task failed", exc_info=exc)
+                return int(CloseCode.INTERNAL_ERROR)
+        return None
+
+
+def _client_gone(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) or type(exc).__name__ in {
+        "ClientDisconnected",
+        "WebSocketDisconnect",
+    }
+
+
+def _query(scope: Scope) -> dict[str, str]:
+    raw = scope.get("query_string", b"").decode("latin-1")
+    return {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+
+
+def _token(scope: Scope, query: dict[str, str]) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, bearer = bytes(value).decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and bearer.strip():
+                return bearer.strip()
+    return query.get("token") or None
+
+
+class _Endpoint:
+    """Raw ASGI WebSocket endpoint shared by the stream and inbox paths."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def open_feed(self, who: Principal, scope: Scope, since: int) -> Feed:
+        raise NotImplementedError
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        node = self.node
+        first = await receive()
+        if first["type"] != "websocket.connect":
+            return
+        await send({"type": "websocket.accept"})
+        node.metrics.connections.inc()
+        try:
+            code = await self._serve(scope, receive, send)
+        finally:
+            node.metrics.connections.dec()
+        if code is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(send({"type": "websocket.close", "code": code}), 5)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> int | None:
+        node = self.node
+        query = _query(scope)
+        try:
+            who = decode_token(node.settings.secret, _token(scope, query))
+        except HubError:
+            return int(CloseCode.UNAUTHORIZED)
+        raw_since = query.get("since", "0") or "0"
+        if not raw_since.isdigit() or len(raw_since) > 18:
+            frame = error_frame("invalid_since", "since must be an integer >= 0")
+            await send({"type": "websocket.send", "text": frame})
+            return int(CloseCode.POLICY_VIOLATION)
+        try:
+            feed = await self.open_feed(who, scope, int(raw_since))
+        except HubError as exc:
+            if exc.status in (400, 403, 404):
+                return int(CloseCode.FORBIDDEN)
+            return int(CloseCode.INTERNAL_ERROR)
+        channel = feed.channel
+        await node.channels.add(channel, feed)
+        node.metrics.subscriptions.inc()
+        try:
+            return await Connection(node, who, feed, send, receive).run()
+        finally:
+            node.metrics.subscriptions.dec()
+            await node.channels.remove(channel, feed)
+
+
+class StreamEndpoint(_Endpoint):
+    """``/ws/streams/{streamId}?since=N``: one order's channel."""
+
+    async def open_feed(self, who: Principal, scope: Scope, since: int) -> Feed:
+        stream_id = check_stream_id(scope.get("path_params", {}).get("stream_id"))
+        if not who.is_platform:  # the platform may watch a stream before it exists
+            await self.node.read(who, stream_id)
+        return Feed(
+            self.node,
+            stream_id=stream_id,
+            tenant=None,
+            since=since,
+            queue_max=self.node.settings.ws_queue_frames,
+        )
+
+
+class InboxEndpoint(_Endpoint):
+    """``/ws/inbox?since=P``: every event of every stream the tenant is a member of."""
+
+    async def open_feed(self, who: Principal, scope: Scope, since: int) -> Feed:
+        return Feed(
+            self.node,
+            stream_id=None,
+            tenant=None if who.is_platform else who.tenant,
+            since=since,
+            queue_max=self.node.settings.ws_queue_frames,
+        )
