@@ -50,13 +50,13 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 __all__ = ["HranaError", "HranaStandin"]
 
@@ -298,6 +298,7 @@ class _Session:
         self.ws = ws
         self.streams: dict[int, _Stream] = {}
         self.stored: dict[int, str] = {}
+        self.authenticated = False
 
     async def send(self, msg: JSON) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -332,7 +333,7 @@ class _Session:
                         return
                     await self.send({"type": "hello_ok"})
                     self.authenticated = True
-                elif msg.get("type") == "request" and getattr(self, "authenticated", False):
+                elif msg.get("type") == "request" and self.authenticated:
                     await self._request(int(msg["request_id"]), msg["request"])
                 else:
                     await self.ws.close(3003, "expected hello first, then requests")
@@ -480,7 +481,7 @@ class HranaStandin:
                 self._ws_handler,
                 "127.0.0.1",
                 0,
-                subprotocols=["hrana2"],  # type: ignore[list-item]
+                subprotocols=[Subprotocol("hrana2")],
                 ping_interval=None,
                 max_size=MAX_BODY_BYTES,
             ) as ws_server:
@@ -502,14 +503,17 @@ class HranaStandin:
 
     # -- the front door: HTTP, or a pipe to the WebSocket server ----------------------
 
-    def _track(self) -> Callable[[], None]:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        return lambda: self._tasks.discard(task)
-
     async def _front(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        untrack = self._track()
+        # The work runs in a task of our own, which stop() cancels: on Python 3.11,
+        # cancelling the task asyncio.start_server made logs an error.
+        task = asyncio.create_task(self._connection(reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await asyncio.wait({task})
+
+    async def _connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         try:
             while True:
                 try:
@@ -530,7 +534,7 @@ class HranaStandin:
                     await self._respond(writer, 413, {"message": "body too large"}, close=True)
                     return
                 body = await reader.readexactly(length) if length else b""
-                status, payload = self._http(method, target, headers, body)
+                status, payload = await self._http(method, target, headers, body)
                 keep = headers.get("connection", "").lower() != "close"
                 await self._respond(writer, status, payload, close=not keep)
                 if not keep:
@@ -541,7 +545,6 @@ class HranaStandin:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
-            untrack()
 
     @staticmethod
     async def _respond(
@@ -558,7 +561,9 @@ class HranaStandin:
         )
         await writer.drain()
 
-    def _http(self, method: str, target: str, headers: dict[str, str], body: bytes) -> tuple[int, JSON]:
+    async def _http(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, JSON]:
         path = target.split("?", 1)[0]
         self._count(f"http:{method} {path}")
         if path not in ("/v1/execute", "/v1/batch"):
@@ -575,22 +580,20 @@ class HranaStandin:
             request = json.loads(body)
         except ValueError:
             return 400, {"message": "body is not JSON", "code": "HRANA_PROTO_ERROR"}
-        # Statements run synchronously on this loop: nothing interleaves with them.
-        # A stream holding a transaction open blocks HTTP; report it as busy.
-        if self._db._owner is not None:
-            return 400, {"message": "database is locked", "code": "SQLITE_BUSY"}
+        who = object()  # an HTTP request is a stream of its own, closed at once
         try:
-            if path == "/v1/execute":
-                result = {"result": self._db.execute(request["stmt"], {})}
-            else:
-                result = {"result": self._db.batch(request["batch"], {})}
+            await self._db.acquire(who)
+            try:
+                if path == "/v1/execute":
+                    result = {"result": self._db.execute(request["stmt"], {})}
+                else:
+                    result = {"result": self._db.batch(request["batch"], {})}
+            finally:
+                await self._db.release(who, rollback=True)
         except HranaError as exc:
             return 400, exc.proto()
         except (KeyError, TypeError, ValueError) as exc:
             return 400, {"message": f"bad request: {exc!r}", "code": "HRANA_PROTO_ERROR"}
-        finally:
-            if self._db.conn.in_transaction:  # HTTP requests stand alone
-                self._db.conn.execute("ROLLBACK")
         return 200, result
 
     async def _pipe_to_ws(
@@ -600,7 +603,7 @@ class HranaStandin:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._ws_port)
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError):
+            with contextlib.suppress(OSError):
                 while data := await src.read(1 << 16):
                     dst.write(data)
                     await dst.drain()
@@ -619,8 +622,6 @@ class HranaStandin:
                 await up_writer.wait_closed()
 
     async def _ws_handler(self, ws: ServerConnection) -> None:
-        untrack = self._track()
-        try:
-            await _Session(self, ws).run()
-        finally:
-            untrack()
+        # Not tracked: closing the front door's pipes ends these connections, and
+        # the ``websockets`` server waits for its handlers when it closes.
+        await _Session(self, ws).run()
