@@ -23,11 +23,16 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from hub.auth import Principal, decode_token
+from hub.archive import open_archive
+from hub.archiver import Archiver
+from hub.auth import Principal, Role, decode_token
 from hub.config import Settings
-from hub.errors import BadRequest, HubError, PayloadTooLarge
+from hub.errors import BadRequest, Forbidden, HubError, PayloadTooLarge, Unavailable
 from hub.events import check_stream_id, parse_drafts
+from hub.gps import Gps
 from hub.node import Node, order_status
+from hub.orders import Orders, lat_lng
+from hub.tenants import Tenants
 from hub.ws import InboxEndpoint, StreamEndpoint
 
 __all__ = ["app", "create_app"]
@@ -84,6 +89,13 @@ async def read_json(request: Request, limit: int) -> Any:
 def create_app(settings: Settings, *, static_dir: Path | None = STATIC_DIR) -> Starlette:
     """Build the hub's ASGI app around one node."""
     node = Node(settings)
+    archive = node.archive = open_archive(settings.archive_url)
+    tenants = Tenants(settings.tenant_db, settings.public_db,
+                      auth_token=settings.db_auth_token, metrics=node.metrics)  # fmt: skip
+    gps = Gps(node, tenants)
+    archiver = Archiver(node, archive, delay=settings.archive_delay)
+    orders = Orders(node, tenants, archiver=archiver, gps=gps)
+    node.location_sink = gps.ping
 
     def principal(request: Request) -> Principal:
         return decode_token(settings.secret, bearer(request))
@@ -108,8 +120,15 @@ def create_app(settings: Settings, *, static_dir: Path | None = STATIC_DIR) -> S
         limit = int_param(request, "limit", READ_LIMIT_DEFAULT, maximum=READ_LIMIT_MAX)
         who = principal(request)
         info = await node.read(who, stream_id)
-        events = await node.store.read_stream(stream_id, since, limit)
-        head = events if since == 0 else await node.store.read_stream(stream_id, 0, 64)
+        if info.archived:
+            stored = await archive.get(stream_id)
+            if stored is None:
+                raise Unavailable("the archived stream cannot be read right now")
+            events = [e for e in stored if e.seq > since][:limit]
+            head = stored
+        else:
+            events = await node.store.read_stream(stream_id, since, limit)
+            head = events if since == 0 else await node.store.read_stream(stream_id, 0, 64)
         status = order_status(head)
         payload = (
             f'{{"streamId":{json.dumps(stream_id)},'
@@ -118,6 +137,48 @@ def create_app(settings: Settings, *, static_dir: Path | None = STATIC_DIR) -> S
             '"events":[' + ",".join(e.json for e in events) + "]}"
         )
         return Raw(payload)
+
+    def ok(body: Any, status: int = 200) -> Response:
+        return JSONResponse(body, status_code=status)
+
+    def order_id(request: Request) -> str:
+        return check_stream_id(request.path_params["order_id"])
+
+    async def create_order(request: Request) -> Response:
+        who = principal(request)
+        body = await read_json(request, settings.max_body_bytes)
+        return ok(await orders.create(who, body), 201)
+
+    def step(name: str) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            oid = order_id(request)
+            who = principal(request)
+            body = await read_json(request, settings.max_body_bytes)
+            return ok(await getattr(orders, name)(who, oid, body))
+
+        return endpoint
+
+    async def motion(request: Request) -> Response:
+        who = principal(request)
+        if who.role is not Role.DRIVER:
+            raise Forbidden("only a driver reports its position")
+        lat, lng = lat_lng(await read_json(request, settings.max_body_bytes))
+        accepted = await gps.ping(who.tenant, lat, lng)
+        return ok({"driver": who.tenant, "accepted": accepted})
+
+    async def driver_status(request: Request) -> Response:
+        who = principal(request)
+        body = await read_json(request, settings.max_body_bytes)
+        return ok(await orders.driver_status(who, body))
+
+    async def archive_stream(request: Request) -> Response:
+        stream_id = check_stream_id(request.path_params["stream_id"])
+        who = principal(request)
+        if not who.is_platform:
+            raise Forbidden("only the platform archives streams")
+        await node.read(who, stream_id)  # 404 when it does not exist
+        count = await archiver.archive_now(stream_id)
+        return ok({"streamId": stream_id, "status": "archived", "archivedEvents": count})
 
     async def healthz(request: Request) -> Response:
         checks = await node.healthy()
@@ -155,13 +216,25 @@ def create_app(settings: Settings, *, static_dir: Path | None = STATIC_DIR) -> S
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await node.start()
         try:
+            await gps.start()
+            await archiver.start()
             yield
         finally:
+            await archiver.close()
+            await gps.close()
             await node.close()
+            await tenants.close()
+            await archive.close()
 
     routes: list[Any] = [
         Route("/api/streams/{stream_id}/events", post_events, methods=["POST"]),
         Route("/api/streams/{stream_id}", get_stream, methods=["GET"]),
+        Route("/api/streams/{stream_id}/archive", archive_stream, methods=["POST"]),
+        Route("/api/orders", create_order, methods=["POST"]),
+        *(Route(f"/api/orders/{{order_id}}/{name}", step(name), methods=["POST"])
+          for name in ("pay", "accept", "ready", "pickup", "deliver")),
+        Route("/api/motion", motion, methods=["POST"]),
+        Route("/api/drivers/status", driver_status, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         WebSocketRoute("/ws/streams/{stream_id}", StreamEndpoint(node)),

@@ -207,6 +207,11 @@ def parse_drafts(
     return events
 
 
+def _canonical(payload: str) -> str:
+    """One spelling per JSON value (key order ignored; ``true`` stays distinct from ``1``)."""
+    return json.dumps(json.loads(payload), sort_keys=True, separators=(",", ":"))
+
+
 def _dumps(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
@@ -225,7 +230,8 @@ class Event:
     delta: float
     payload: str
     ts: str
-    _cache: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    _json: str | None = field(default=None, compare=False, repr=False)
+    _frame: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -249,17 +255,19 @@ class Event:
     @property
     def json(self) -> str:
         """The event as a JSON object (CONTRACT §3), encoded once."""
-        text = self._cache.get("json")
+        text = self._json
         if text is None:
-            text = self._cache["json"] = "{" + self._fields() + "}"
+            text = "{" + self._fields() + "}"
+            object.__setattr__(self, "_json", text)
         return text
 
     @property
     def frame(self) -> str:
         """The WebSocket frame ``{"type": "event", ...}``, encoded once."""
-        text = self._cache.get("frame")
+        text = self._frame
         if text is None:
-            text = self._cache["frame"] = '{"type":"event",' + self._fields() + "}"
+            text = '{"type":"event",' + self._fields() + "}"
+            object.__setattr__(self, "_frame", text)
         return text
 
     def same_content(self, new: NewEvent) -> bool:
@@ -269,6 +277,6 @@ class Event:
             and self.node_id == new.node_id
             and self.point_id == new.point_id
             and self.delta == new.delta
-            and json.loads(self.payload) == json.loads(new.payload)
+            and _canonical(self.payload) == _canonical(new.payload)
             and (not new.ts_given or self.ts == new.ts)
         )

@@ -53,5 +53,15 @@ class Metrics:
             "hub_ws_stalled_closes", "Sockets closed with 4008 (drained nothing)", registry=r
         )
 
+        # Orders, GPS and archiving.
+        self.gps_pings = Counter("hub_gps_pings", "GPS pings accepted", registry=r)
+        self.gps_dropped = Counter(
+            "hub_gps_pings_dropped", "GPS pings dropped by the per-driver rate limit", registry=r
+        )
+        self.archived = Counter("hub_streams_archived", "Streams archived", registry=r)
+        self.archive_failures = Counter(
+            "hub_archive_failures", "Archive attempts that failed (retried later)", registry=r
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

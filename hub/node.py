@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from hub.archive import Archive
 from hub.auth import Principal, authorize_append, authorize_read
 from hub.broker import Broker, MemoryBroker
 from hub.channels import Channels
 from hub.config import Settings
-from hub.errors import Unprocessable
+from hub.errors import Forbidden, Unprocessable
 from hub.events import Event, NewEvent, Opcode
 from hub.metrics import Metrics
 from hub.store import AppendResult, Store, StreamInfo, open_store
@@ -63,6 +64,9 @@ class Node:
         )
         self.broker: Broker = broker or MemoryBroker()
         self.channels = Channels(self.broker)
+        # Set by the app: where a driver's location frames go (the GPS service).
+        self.location_sink: Callable[[str, float, float], Awaitable[bool]] | None = None
+        self.archive: Archive | None = None  # set by the app; where archived streams are read
 
     async def start(self) -> None:
         await self.store.open()
@@ -75,9 +79,18 @@ class Node:
         await self.broker.close()
         await self.store.close()
 
-    async def location(self, who: Principal, frame: Mapping[str, Any]) -> None:
-        """A driver's GPS ping (CONTRACT §4 /api/motion); arrives with the order flow."""
-        raise Unprocessable("location frames are not accepted yet", code="unsupported")
+    async def location(self, who: Principal, frame: Mapping[str, Any]) -> bool:
+        """A driver's ``location`` frame: the same as ``POST /api/motion``."""
+        if who.role != "driver":
+            raise Forbidden("only a driver sends its location")
+        lat, lng = frame.get("lat"), frame.get("lng")
+        for name, value, limit in (("lat", lat, 90), ("lng", lng, 180)):
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not -limit <= value <= limit):  # fmt: skip
+                raise Unprocessable(f"{name} must be a number in range", code="invalid_frame")
+        if self.location_sink is None:
+            raise Unprocessable("GPS is not enabled on this hub", code="unsupported")
+        return await self.location_sink(who.tenant, float(lat), float(lng))  # type: ignore[arg-type]
 
     async def append(
         self, who: Principal, stream_id: str, events: Sequence[NewEvent]

@@ -30,7 +30,9 @@ __all__ = [
     "CommitHook",
     "NotFirstEvent",
     "Store",
+    "StreamArchived",
     "StreamInfo",
+    "find_streams_sql",
     "members_named",
     "open_store",
 ]
@@ -62,6 +64,7 @@ SCHEMA: tuple[str, ...] = (
         PRIMARY KEY (streamId, tenant)
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS members_by_tenant ON members (tenant, streamId)",
+    "CREATE INDEX IF NOT EXISTS events_by_opcode ON events (opcode, streamId)",
 )
 
 EVENT_COLUMNS = "id, streamId, seq, pos, opcode, nodeId, pointId, delta, payload, ts"
@@ -78,6 +81,39 @@ SELECT_INBOX = (
 )
 SELECT_STREAM_ROW = "SELECT lastSeq, archived FROM streams WHERE streamId = ?"
 SELECT_MEMBERS = "SELECT tenant, fromPos FROM members WHERE streamId = ?"
+
+
+def find_streams_sql(
+    having: int | None, lacking: int | None, member: str | None, limit: int
+) -> tuple[str, list[Any]]:
+    """The query behind :meth:`Store.find_streams` (shared by the implementations)."""
+    where = ["s.archived = 0"]
+    args: list[Any] = []
+    if having is not None:
+        where.append(
+            "EXISTS (SELECT 1 FROM events e WHERE e.streamId = s.streamId AND e.opcode = ?)"
+        )
+        args.append(int(having))
+    if lacking is not None:
+        where.append(
+            "NOT EXISTS (SELECT 1 FROM events e WHERE e.streamId = s.streamId AND e.opcode = ?)"
+        )
+        args.append(int(lacking))
+    if member is not None:
+        where.append(
+            "EXISTS (SELECT 1 FROM members m WHERE m.streamId = s.streamId AND m.tenant = ?)"
+        )
+        args.append(member)
+    sql = (
+        "SELECT s.streamId FROM streams s WHERE " + " AND ".join(where)
+        + " ORDER BY (SELECT MIN(pos) FROM events e WHERE e.streamId = s.streamId) LIMIT ?"
+    )  # fmt: skip
+    args.append(int(limit))
+    return sql, args
+
+
+class StreamArchived(Conflict):
+    """An append to a stream that has been archived."""
 
 
 class NotFirstEvent(Forbidden):
@@ -185,6 +221,18 @@ class Store(Protocol):
 
     async def delete_stream(self, stream_id: str) -> int:
         """Delete a stream's events (after archiving); its ``seq`` counter stays."""
+
+    async def find_streams(
+        self,
+        *,
+        having: int | None = None,
+        lacking: int | None = None,
+        member: str | None = None,
+        limit: int = 1000,
+    ) -> list[str]:
+        """Ids of unarchived streams with an event of opcode ``having``, none of opcode
+        ``lacking``, and ``member`` among their members (each test skipped when None),
+        oldest first."""
 
     async def ping(self) -> None:
         """Raise if the database does not answer."""

@@ -42,8 +42,10 @@ from hub.store import (
     AppendResult,
     CommitHook,
     NotFirstEvent,
+    StreamArchived,
     StreamInfo,
     check_retry,
+    find_streams_sql,
     members_named,
     row_to_event,
 )
@@ -168,6 +170,8 @@ def _apply(conn: sqlite3.Connection, req: _Append) -> AppendResult:
     if fresh:
         row = conn.execute(SELECT_STREAM_ROW, (req.stream_id,)).fetchone()
         seq = int(row[0]) if row else 0
+        if row and row[1]:
+            raise StreamArchived("this stream has been archived", code="archived")
         if req.first and seq != 0:
             raise NotFirstEvent("ORDER_CREATE must be the first event of a new stream")
         for new in fresh:
@@ -457,6 +461,21 @@ class FileStore:
             return cur.rowcount
 
         return await self.write(run)
+
+    async def find_streams(
+        self,
+        *,
+        having: int | None = None,
+        lacking: int | None = None,
+        member: str | None = None,
+        limit: int = 1000,
+    ) -> list[str]:
+        sql, args = find_streams_sql(having, lacking, member, limit)
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            return [r[0] for r in conn.execute(sql, args)]
+
+        return await self._read(run)
 
     async def ping(self) -> None:
         def run(conn: sqlite3.Connection) -> None:

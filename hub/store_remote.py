@@ -3,40 +3,56 @@
 :class:`RemoteStore` implements :class:`hub.store.Store` through libsql-client (the
 ``turso`` extra) for ``HUB_STREAMS_DB`` URLs ``libsql://`` and ``wss://``/``ws://``
 (Hrana over a WebSocket) or ``https://``/``http://`` (Hrana over HTTP). Same schema
-and same semantics as :class:`hub.store_file.FileStore`; it differs in how it
-gets them, because every statement costs a network round trip:
+and same semantics as :class:`hub.store_file.FileStore`; it differs in how it gets
+them, because every request costs a network round trip:
 
 - **One round trip per append** in the common case. The whole append is one
-  ``client.batch`` (libsql-client wraps it in ``BEGIN``/``COMMIT``, and runs
+  ``client.batch`` (libsql-client wraps it in ``BEGIN``/``COMMIT`` and runs
   ``ROLLBACK`` if any statement fails): bump the stream's ``lastSeq`` (an upsert, so
   the transaction takes the write lock with its first statement), insert each event
   with its ``seq`` computed in SQL from that row (``INSERT ... SELECT ... RETURNING
   seq, pos``), add the memberships it confers (``INSERT OR IGNORE ... SELECT ... FROM
-  events WHERE id = ?``, i.e. from the naming event's ``seq`` and ``pos``), and
-  select the stream's members. The database serializes writers, so ``seq`` stays gap
-  free however many hub instances append at once; no interactive transaction is
-  needed, which is what makes the HTTP transport usable at all.
+  events WHERE id = ?``: from the naming event's ``seq`` and ``pos``), and select the
+  stream's members. The database serializes writers, so ``seq`` stays gap-free however
+  many hub instances append at once. No interactive transaction is needed, which is
+  what makes the HTTP transport usable at all.
 - **Retries are found by the database.** An event id that is already stored fails
-  the batch on ``UNIQUE (id)``, and nothing is written. Only then does the store
-  read the stored rows (a second round trip): other content raises
+  the batch on ``UNIQUE (id)`` and nothing is written. Only then does the store read
+  the stored rows (a second round trip): other content raises
   :class:`~hub.errors.Conflict`; the same content is returned as stored; the events
-  not yet stored are appended by running the batch again with just them.
-- **"Must open the stream" is checked in the same batch.** With ``first=True`` the
-  batch ends with ``UPDATE streams SET lastSeq = NULL WHERE streamId = ? AND lastSeq
-  <> n``, which breaks the ``NOT NULL`` constraint (and so rolls the batch back)
-  exactly when the stream had events before. It runs after the inserts, so a retried
-  first event is recognized as a retry, not refused.
+  not stored yet are appended by running the batch again with just them.
+- **"Not archived" and "must open the stream" are checked in the same batch**, by
+  statements that break a ``NOT NULL`` constraint (rolling the batch back) exactly
+  when the check fails: ``UPDATE streams SET archived = NULL WHERE streamId = ? AND
+  archived <> 0`` (:class:`~hub.store.StreamArchived`) and, with ``first=True``,
+  ``UPDATE streams SET lastSeq = NULL WHERE streamId = ? AND lastSeq <> n`` (the
+  stream had events before: :class:`~hub.store.NotFirstEvent`). SQLite names the
+  column in its message, which tells the two apart. They run after the inserts, so a
+  retried event is recognized as a retry first, as in the embedded store.
+- **The commit hook sees commit order.** Answers to concurrent appends may come back
+  in any order (several HTTP connections; streams served concurrently), yet
+  ``on_commit`` must see appends in the order they committed (``pos`` order: the
+  database has one writer). An answer is held until every append that was in flight
+  when it arrived has been answered (any append that committed before it was among
+  those), then the held answers are handed on sorted by ``pos``. The caller is
+  answered after its append was handed on; the work runs in a task of the store, so
+  a caller that goes away does not stop it.
 
-Every database or network failure is reported as :class:`~hub.errors.Unavailable`
-(503, retry), and so is a request that takes longer than :data:`REQUEST_TIMEOUT_S`:
-an append that timed out may have committed, which is why clients retry with the
-same event ids.
+A batch refused with ``SQLITE_BUSY`` (another connection holds the write lock) was
+rolled back whole, so it is run again after a short pause (:data:`BUSY_RETRY_S`).
+Every other database or network failure is reported as :class:`~hub.errors.Unavailable`
+(503, retry), and so is a request that takes longer than :data:`REQUEST_TIMEOUT_S`. An
+append that timed out may have committed (it is then not handed to ``on_commit``;
+stream subscribers see the ``seq`` gap and re-read the log), which is why clients
+retry with the same event ids.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -53,23 +69,30 @@ from hub.store import (
     SELECT_STREAM,
     SELECT_STREAM_ROW,
     AppendResult,
+    CommitHook,
     NotFirstEvent,
+    StreamArchived,
     StreamInfo,
     check_retry,
+    find_streams_sql,
     members_named,
     row_to_event,
 )
 
-__all__ = ["REMOTE_SCHEMES", "REQUEST_TIMEOUT_S", "RemoteStore"]
+__all__ = ["BUSY_RETRY_S", "REMOTE_SCHEMES", "REQUEST_TIMEOUT_S", "RemoteStore"]
+
+log = logging.getLogger("hub.store")
 
 # Limits (see README "Limits").
 REQUEST_TIMEOUT_S = 10.0  # one request to the database, connecting included
+BUSY_RETRY_S = (0.05, 0.1, 0.2, 0.4, 0.8)  # pauses before running a batch again after SQLITE_BUSY
+CLOSE_TIMEOUT_S = 2 * REQUEST_TIMEOUT_S  # close() waits this long for appends in flight
 
 REMOTE_SCHEMES = frozenset({"libsql", "wss", "ws", "https", "http"})
 
-# -- the append batch --------------------------------------------------------------
-# Statement 0 bumps lastSeq by n (the number of new events); event i of n (1-based)
-# then takes seq = lastSeq - (n - i).
+# -- the append batch ----------------------------------------------------------------
+# BUMP_SEQ adds n (the number of new events) to lastSeq; event i of n (from 1) then
+# takes seq = lastSeq - (n - i).
 
 BUMP_SEQ = (
     "INSERT INTO streams (streamId, lastSeq) VALUES (?, ?)"
@@ -84,35 +107,21 @@ INSERT_MEMBER = (
     "INSERT OR IGNORE INTO members (streamId, tenant, fromSeq, fromPos)"
     " SELECT streamId, ?, seq, pos FROM events WHERE id = ?"
 )
-# Fails (NOT NULL) when lastSeq was not 0 before this batch added n to it.
+# Each breaks NOT NULL (so the batch rolls back) when its check fails: the stream is
+# archived; the stream had events before (lastSeq was not 0 before BUMP_SEQ).
+CHECK_OPEN = "UPDATE streams SET archived = NULL WHERE streamId = ? AND archived <> 0"
 CHECK_FIRST = "UPDATE streams SET lastSeq = NULL WHERE streamId = ? AND lastSeq <> ?"
 
-# How the failures of the batch read in SQLite's messages (sqld may prefix them).
+# How the expected failures read in SQLite's messages (sqld may prefix them).
 DUPLICATE_ID = "UNIQUE constraint failed: events.id"
+ARCHIVED = "NOT NULL constraint failed: streams.archived"
 NOT_FIRST = "NOT NULL constraint failed: streams.lastSeq"
 
 Stmt = tuple[str, list[Any]]
 
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
-
-
-def _unavailable(exc: BaseException) -> Unavailable:
-    """The hub's view of a database or network failure."""
-    if isinstance(exc, libsql_client.LibsqlError) and (
-        str(exc.code).startswith("AUTH") or "401" in str(exc.explanation)
-    ):
-        return Unavailable(
-            f"the streams DB refused the auth token (HUB_DB_AUTH_TOKEN): {_describe(exc)}"
-        )
-    if isinstance(exc, TimeoutError):
-        return Unavailable(f"the streams DB did not answer within {REQUEST_TIMEOUT_S:g} s")
-    return Unavailable(f"the streams DB failed: {_describe(exc)}")
-
-
-# What a failing request to the database raises (besides LibsqlError): connection
-# refused or reset, a proxy answering something that is not Hrana, a timeout.
+# What a failing request raises: LibsqlError (the server said no, or the client's
+# connection broke), aiohttp errors (refused, reset, not Hrana), OSError, a timeout,
+# and ValueError/KeyError from an answer that does not parse.
 _DB_ERRORS: tuple[type[BaseException], ...] = (
     libsql_client.LibsqlError,
     aiohttp.ClientError,
@@ -123,20 +132,40 @@ _DB_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _busy(exc: libsql_client.LibsqlError) -> bool:
+    """True when SQLite refused for want of the write lock (SQLITE_BUSY, "locked")."""
+    return str(exc.code).startswith("SQLITE_BUSY") or "database is locked" in str(exc.explanation)
+
+
+def _unavailable(exc: BaseException) -> Unavailable:
+    """The hub's view of a database or network failure."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, libsql_client.LibsqlError) and (
+        str(exc.code).startswith("AUTH") or "401" in str(exc.explanation)
+    ):
+        return Unavailable(f"the streams DB refused the auth token (HUB_DB_AUTH_TOKEN): {text}")
+    if isinstance(exc, TimeoutError):
+        return Unavailable(f"the streams DB did not answer within {REQUEST_TIMEOUT_S:g} s")
+    return Unavailable(f"the streams DB failed: {text}")
+
+
 class RemoteStore:
     """The streams store in a libSQL server (see the module docstring)."""
 
     def __init__(self, url: str, *, auth_token: str | None = None) -> None:
         scheme = url.split(":", 1)[0].lower()
         if scheme not in REMOTE_SCHEMES:
-            # libsql-client's own file: mode runs sqlite3 on the event loop.
+            # libsql-client's own file: mode would run sqlite3 on the event loop.
             raise ValueError(f"RemoteStore needs a libsql:, ws(s): or http(s): URL, not {url!r}")
         self.url = url
+        self.on_commit: CommitHook | None = None
         self._auth_token = auth_token
-        self._client: Any = None  # libsql_client.Client once open
+        self._client: Any = None  # a libsql_client.Client while open
         self._closed = False
+        self._tasks: set[asyncio.Task[AppendResult]] = set()
+        self._order = _CommitOrder(self._publish)
 
-    # -- lifecycle ---------------------------------------------------------------
+    # -- lifecycle -----------------------------------------------------------------
 
     async def open(self) -> None:
         if self._closed:
@@ -155,24 +184,53 @@ class RemoteStore:
             raise
 
     async def close(self) -> None:
+        """Refuse new work, let appends in flight finish (or cancel them), disconnect."""
         self._closed = True
+        tasks = set(self._tasks)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
         client, self._client = self._client, None
         if client is not None:
             await _close_client(client)
 
+    def _publish(self, result: AppendResult) -> None:
+        hook = self.on_commit
+        if hook is not None:
+            try:
+                hook(result)
+            except Exception:
+                log.exception("commit hook failed")
+
     # -- requests ------------------------------------------------------------------
 
-    def _live(self) -> Any:
+    def _check_open(self) -> None:
         if self._closed or self._client is None:
             raise Unavailable("the streams store is closed")
-        return self._client
 
     async def _raw_batch(self, stmts: Sequence[Stmt]) -> list[Any]:
-        """One transaction in one round trip; database errors raised as they are."""
-        client = self._live()
-        async with asyncio.timeout(REQUEST_TIMEOUT_S):
-            result: list[Any] = await client.batch(list(stmts))
-        return result
+        """One transaction in one round trip; failures raised as they come.
+
+        A batch refused because another connection holds the write lock rolled back
+        entirely, so it is run again after a pause (see :data:`BUSY_RETRY_S`).
+        """
+        pauses = iter(BUSY_RETRY_S)
+        while True:
+            client = self._client
+            if client is None:
+                raise Unavailable("the streams store is closed")
+            try:
+                async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                    result: list[Any] = await client.batch(list(stmts))
+                return result
+            except libsql_client.LibsqlError as exc:
+                pause = next(pauses, None) if _busy(exc) else None
+                if pause is None:
+                    raise
+            await asyncio.sleep(pause)
 
     async def _batch(self, stmts: Sequence[Stmt]) -> list[Any]:
         try:
@@ -181,7 +239,9 @@ class RemoteStore:
             raise _unavailable(exc) from exc
 
     async def _execute(self, sql: str, args: list[Any]) -> Any:
-        client = self._live()
+        client = self._client
+        if client is None:
+            raise Unavailable("the streams store is closed")
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
                 return await client.execute(sql, args)
@@ -193,69 +253,114 @@ class RemoteStore:
     async def append(
         self, stream_id: str, events: Sequence[NewEvent], *, first: bool = False
     ) -> AppendResult:
+        self._check_open()
         events = list(events)
-        ids = [e.id for e in events]
-        if len(set(ids)) != len(ids):
+        if len({e.id for e in events}) != len(events):
             raise Unprocessable("duplicate event id in batch")
+        # The store's task, so that a caller going away stops neither the commit nor
+        # its hand-over to on_commit.
+        task = asyncio.create_task(self._append(stream_id, events, first))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        return await asyncio.shield(task)
+
+    def _finished(self, task: asyncio.Task[AppendResult]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved here when the caller went away
+
+    async def _append(self, stream_id: str, events: list[NewEvent], first: bool) -> AppendResult:
+        ids = [e.id for e in events]
         stored: dict[str, Event] = {}
-        # Each failed attempt finds at least one more stored id, so this ends.
+        members: dict[str, int] = {}
+        if not ids:  # nothing to write; answer with the members, as the embedded store does
+            stored, members = await self._stored(stream_id, ids)
+        # Each failed attempt finds one more stored id (at least), so this ends.
         for _ in range(len(events) + 2):
             fresh = [e for e in events if e.id not in stored]
             if not fresh:
-                members = await self._members(stream_id)
                 return AppendResult(stream_id, [stored[i] for i in ids], [], members)
+            stmts, rows_at = _append_batch(stream_id, fresh, first)
+            ticket = self._order.begin()
+            result: AppendResult | None = None
             try:
-                results = await self._raw_batch(_append_batch(stream_id, fresh, first))
-            except libsql_client.LibsqlError as exc:
-                message = str(exc.explanation)
-                if NOT_FIRST in message:
-                    raise NotFirstEvent(
-                        "ORDER_CREATE must be the first event of a new stream"
-                    ) from None
-                if DUPLICATE_ID not in message:
-                    raise _unavailable(exc) from exc
-            except _DB_ERRORS as exc:
-                raise _unavailable(exc) from exc
-            else:
-                committed = _committed(stream_id, fresh, results)
-                members = {str(r[0]): int(r[1]) for r in results[-1].rows}
-                new = [committed[e.id] for e in fresh]
-                events_out = [stored.get(i) or committed[i] for i in ids]
-                return AppendResult(stream_id, events_out, new, members)
-            # Some ids are stored already: retries, or conflicts.
-            stored = await self._stored(ids)
+                results = await self._try_append(stmts)
+                if results is not None:
+                    new = [
+                        _committed(stream_id, e, results[at])
+                        for e, at in zip(fresh, rows_at, strict=True)
+                    ]
+                    committed = {ev.id: ev for ev in new}
+                    result = AppendResult(
+                        stream_id,
+                        [stored.get(i) or committed[i] for i in ids],
+                        new,
+                        _members(results[-1]),
+                    )
+            finally:
+                handed_on = self._order.end(ticket, result)
+            if result is not None:
+                if handed_on is not None:
+                    await handed_on
+                return result
+            # Some ids are stored already: retries, or conflicts (second round trip).
+            stored, members = await self._stored(stream_id, ids)
             for e in events:
                 if e.id in stored:
                     check_retry(stored[e.id], e, stream_id)
         raise Unavailable("the streams DB kept refusing the append; retry")
 
-    async def _stored(self, ids: list[str]) -> dict[str, Event]:
-        marks = ",".join("?" * len(ids))
-        rs = await self._execute(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE id IN ({marks})", list(ids)
-        )
-        return {ev.id: ev for ev in map(row_to_event, rs.rows)}
+    async def _try_append(self, stmts: list[Stmt]) -> list[Any] | None:
+        """Run an append batch; None when an event id is stored already."""
+        try:
+            return await self._raw_batch(stmts)
+        except libsql_client.LibsqlError as exc:
+            message = str(exc.explanation)
+            if ARCHIVED in message:
+                raise StreamArchived("this stream has been archived", code="archived") from None
+            if NOT_FIRST in message:
+                raise NotFirstEvent(
+                    "ORDER_CREATE must be the first event of a new stream"
+                ) from None
+            if DUPLICATE_ID in message:
+                return None
+            raise _unavailable(exc) from exc
+        except _DB_ERRORS as exc:
+            raise _unavailable(exc) from exc
 
-    async def _members(self, stream_id: str) -> dict[str, int]:
-        rs = await self._execute(SELECT_MEMBERS, [stream_id])
-        return {str(r[0]): int(r[1]) for r in rs.rows}
+    async def _stored(
+        self, stream_id: str, ids: list[str]
+    ) -> tuple[dict[str, Event], dict[str, int]]:
+        """The stored events among ``ids``, and the stream's members, in one round trip."""
+        marks = ",".join("?" * len(ids))
+        events_rs, members_rs = await self._batch(
+            [
+                (f"SELECT {EVENT_COLUMNS} FROM events WHERE id IN ({marks})", list(ids)),
+                (SELECT_MEMBERS, [stream_id]),
+            ]
+        )
+        stored = {ev.id: ev for ev in map(row_to_event, events_rs.rows)}
+        return stored, _members(members_rs)
 
     async def delete_stream(self, stream_id: str) -> int:
-        results = await self._batch(
+        self._check_open()
+        deleted, _ = await self._batch(
             [
                 ("DELETE FROM events WHERE streamId = ?", [stream_id]),
                 ("UPDATE streams SET archived = 1 WHERE streamId = ?", [stream_id]),
             ]
         )
-        return int(results[0].rows_affected)
+        return int(deleted.rows_affected)
 
     # -- reads ---------------------------------------------------------------------
 
     async def read_stream(self, stream_id: str, since: int, limit: int) -> list[Event]:
+        self._check_open()
         rs = await self._execute(SELECT_STREAM, [stream_id, since, limit])
         return [row_to_event(r) for r in rs.rows]
 
     async def read_inbox(self, tenant: str | None, since: int, limit: int) -> list[Event]:
+        self._check_open()
         if tenant is None:
             rs = await self._execute(SELECT_ALL, [since, limit])
         else:
@@ -263,6 +368,7 @@ class RemoteStore:
         return [row_to_event(r) for r in rs.rows]
 
     async def stream_info(self, stream_id: str) -> StreamInfo | None:
+        self._check_open()
         # One transaction, so last_seq and members are from the same moment.
         row_rs, members_rs = await self._batch(
             [(SELECT_STREAM_ROW, [stream_id]), (SELECT_MEMBERS, [stream_id])]
@@ -270,18 +376,105 @@ class RemoteStore:
         if not row_rs.rows:
             return None
         row = row_rs.rows[0]
-        members = {str(r[0]): int(r[1]) for r in members_rs.rows}
-        return StreamInfo(stream_id, int(row[0]), bool(row[1]), members)
+        return StreamInfo(stream_id, int(row[0]), bool(row[1]), _members(members_rs))
+
+    async def find_streams(
+        self,
+        *,
+        having: int | None = None,
+        lacking: int | None = None,
+        member: str | None = None,
+        limit: int = 1000,
+    ) -> list[str]:
+        self._check_open()
+        sql, args = find_streams_sql(having, lacking, member, limit)
+        rs = await self._execute(sql, args)
+        return [str(r[0]) for r in rs.rows]
 
     async def ping(self) -> None:
+        self._check_open()
         await self._execute("SELECT 1", [])
 
 
-def _append_batch(stream_id: str, fresh: list[NewEvent], first: bool) -> list[Stmt]:
-    """The statements of one append (see the module docstring)."""
+# -- commit order ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Held:
+    result: AppendResult
+    after: int  # handed on once every ticket up to this one has ended
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    @property
+    def pos(self) -> int:
+        return self.result.new[0].pos
+
+
+class _CommitOrder:
+    """Hands committed appends on in commit (``pos``) order, whatever order answers take.
+
+    Each append batch holds a ticket (taken in sending order) while it is in flight.
+    An append that committed before answer A was in flight when A arrived, so A is
+    held until every ticket up to the newest one in flight at that moment has ended.
+    Once some held answer may go, every held answer with a smaller ``pos`` has arrived
+    too: all of them go, sorted by ``pos``.
+    """
+
+    def __init__(self, publish: Callable[[AppendResult], None]) -> None:
+        self._publish = publish
+        self._next = 0
+        self._in_flight: set[int] = set()
+        self._held: list[_Held] = []
+
+    def begin(self) -> int:
+        ticket = self._next
+        self._next += 1
+        self._in_flight.add(ticket)
+        return ticket
+
+    def end(self, ticket: int, result: AppendResult | None) -> asyncio.Future[None] | None:
+        """The batch of ``ticket`` was answered (``result`` if it committed new events);
+        returns a future done once ``result`` has been handed on."""
+        self._in_flight.discard(ticket)
+        held = None
+        if result is not None and result.new:
+            held = _Held(result, max(self._in_flight, default=-1))
+            self._held.append(held)
+        self._flush()
+        return held.done if held is not None else None
+
+    def _flush(self) -> None:
+        if not self._held:
+            return
+        oldest = min(self._in_flight, default=self._next)
+        ready = [h.pos for h in self._held if h.after < oldest]
+        if not ready:
+            return
+        cut = max(ready)
+        self._held.sort(key=lambda h: h.pos)
+        go = [h for h in self._held if h.pos <= cut]
+        self._held = [h for h in self._held if h.pos > cut]
+        for h in go:
+            self._publish(h.result)
+            if not h.done.done():
+                h.done.set_result(None)
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def _append_batch(
+    stream_id: str, fresh: list[NewEvent], first: bool
+) -> tuple[list[Stmt], list[int]]:
+    """The statements of one append (see the module docstring), and where each
+    event's ``INSERT ... RETURNING`` is among them."""
     n = len(fresh)
     stmts: list[Stmt] = [(BUMP_SEQ, [stream_id, n])]
+    rows_at: list[int] = []
     for i, e in enumerate(fresh, 1):
+        rows_at.append(len(stmts))
         stmts.append(
             (
                 INSERT_EVENT,
@@ -290,30 +483,31 @@ def _append_batch(stream_id: str, fresh: list[NewEvent], first: bool) -> list[St
             )
         )  # fmt: skip
         stmts.extend((INSERT_MEMBER, [tenant, e.id]) for tenant in members_named(e))
+    stmts.append((CHECK_OPEN, [stream_id]))
     if first:
         stmts.append((CHECK_FIRST, [stream_id, n]))
     stmts.append((SELECT_MEMBERS, [stream_id]))
-    return stmts
+    return stmts, rows_at
 
 
-def _committed(stream_id: str, fresh: list[NewEvent], results: list[Any]) -> dict[str, Event]:
-    """The events of a committed append batch, from its ``RETURNING seq, pos`` rows."""
-    out: dict[str, Event] = {}
-    index = 1  # results[0] is BUMP_SEQ
-    for e in fresh:
-        rows = results[index].rows
-        if len(rows) != 1:
-            raise Unavailable(f"the streams DB did not return the row of event {e.id!r}")
-        seq, pos = int(rows[0][0]), int(rows[0][1])
-        out[e.id] = Event(
-            e.id, stream_id, seq, pos, e.opcode, e.node_id, e.point_id, e.delta, e.payload, e.ts
-        )
-        index += 1 + len(members_named(e))
-    return out
+def _committed(stream_id: str, e: NewEvent, inserted: Any) -> Event:
+    """The committed event, from its ``INSERT ... RETURNING seq, pos`` result."""
+    rows = inserted.rows
+    if len(rows) != 1:  # committed, but the answer is not what was asked for
+        raise Unavailable(f"the streams DB did not return seq and pos of event {e.id!r}")
+    seq, pos = int(rows[0][0]), int(rows[0][1])
+    return Event(
+        e.id, stream_id, seq, pos, e.opcode, e.node_id, e.point_id, e.delta, e.payload, e.ts
+    )
+
+
+def _members(rs: Any) -> dict[str, int]:
+    """``SELECT_MEMBERS`` rows -> tenant -> the ``pos`` it joined at."""
+    return {str(r[0]): int(r[1]) for r in rs.rows}
 
 
 async def _close_client(client: Any) -> None:
-    """Close a libsql-client client; a connection that is already broken is fine."""
+    """Close a libsql-client client; one whose connection already broke is fine."""
     try:
         async with asyncio.timeout(REQUEST_TIMEOUT_S):
             await client.close()

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
+from hub.archiver import archived_frame
 from hub.auth import Principal, decode_token
 from hub.broker import Message, Notice, inbox_channel, stream_channel
 from hub.errors import CloseCode, HubError
@@ -70,6 +71,7 @@ class Feed:
         self.final: Notice | None = None
         self.fallback = True  # start by reading the store (the replay)
         self.wake = asyncio.Event()
+        self._archived: list[Event] | None = None
 
     @property
     def channel(self) -> str:
@@ -103,9 +105,17 @@ class Feed:
         self.wake.set()
 
     async def read(self) -> list[Event]:
-        if self.stream_id is not None:
-            return await self.node.store.read_stream(self.stream_id, self.last, REPLAY_PAGE)
-        return await self.node.store.read_inbox(self.tenant, self.last, REPLAY_PAGE)
+        if self.stream_id is None:
+            return await self.node.store.read_inbox(self.tenant, self.last, REPLAY_PAGE)
+        rows = await self.node.store.read_stream(self.stream_id, self.last, REPLAY_PAGE)
+        if rows or self.final is None:
+            return rows
+        # Archived: what the store no longer holds is in the archive.
+        if self._archived is None:
+            archive = self.node.archive
+            got = await archive.get(self.stream_id) if archive is not None else None
+            self._archived = got or []
+        return [e for e in self._archived if e.seq > self.last][:REPLAY_PAGE]
 
     def live_frame(self) -> str:
         if self.stream_id is not None:
@@ -166,7 +176,8 @@ class Connection:
     async def writer(self) -> None:
         feed = self.feed
         await self.catch_up()
-        await self.send(feed.live_frame())
+        if feed.final is None:
+            await self.send(feed.live_frame())
         while True:
             await feed.wake.wait()
             feed.wake.clear()
@@ -336,15 +347,20 @@ class StreamEndpoint(_Endpoint):
 
     async def open_feed(self, who: Principal, scope: Scope, since: int) -> Feed:
         stream_id = check_stream_id(scope.get("path_params", {}).get("stream_id"))
-        if not who.is_platform:  # the platform may watch a stream before it exists
-            await self.node.read(who, stream_id)
-        return Feed(
+        if who.is_platform:  # the platform may watch a stream before it exists
+            info = await self.node.store.stream_info(stream_id)
+        else:
+            info = await self.node.read(who, stream_id)
+        feed = Feed(
             self.node,
             stream_id=stream_id,
             tenant=None,
             since=since,
             queue_max=self.node.settings.ws_queue_frames,
         )
+        if info is not None and info.archived:
+            feed.offer(Notice(stream_id, archived_frame(stream_id), final=True))
+        return feed
 
 
 class InboxEndpoint(_Endpoint):

@@ -24,7 +24,9 @@ Like sqld's single writer, every statement runs on the one connection, one at a 
 A stream that leaves a transaction open (``BEGIN`` over ``execute``) owns the
 connection until it commits, rolls back or closes; other streams and HTTP requests
 wait for it (up to :attr:`HranaStandin.lock_timeout`, then ``SQLITE_BUSY``). An HTTP
-request never leaves a transaction open.
+request never leaves a transaction open. With ``reply_jitter``, each answer is held
+back a random while after its statements ran, as a network would: answers to
+concurrent requests then arrive out of commit order.
 
 SQLite errors come back as Hrana errors (``message`` = SQLite's message, ``code`` =
 its extended code name such as ``SQLITE_CONSTRAINT_UNIQUE``), so libsql-client raises
@@ -38,7 +40,8 @@ The server runs on its own event loop in a thread; use it as a context manager::
         client = libsql_client.create_client(db.ws_url, auth_token="s3cret")
 
 :attr:`HranaStandin.requests` counts what arrived (``"ws:batch"``, ``"http:batch"``,
-``"ws:open_stream"`` ...), so tests can count round trips.
+``"ws:open_stream"``, ``"http:execute"`` ...: one per request, accepted or not), so
+tests can count round trips.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import base64
 import collections
 import contextlib
 import json
+import random
 import sqlite3
 import threading
 from pathlib import Path
@@ -64,6 +68,8 @@ JSON = dict[str, Any]
 
 MAX_HEAD_BYTES = 64 << 10  # request line + headers
 MAX_BODY_BYTES = 16 << 20  # one HTTP request body
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+           405: "Method Not Allowed", 413: "Payload Too Large"}  # fmt: skip
 
 
 class HranaError(Exception):
@@ -153,14 +159,14 @@ class _Database:
                 raise HranaError("database is locked", "SQLITE_BUSY") from None
 
     async def release(self, who: object, *, rollback: bool = False) -> None:
-        """After a request of ``who``: keep the lock while its transaction is open."""
-        if rollback and self.conn.in_transaction and self._owner in (None, who):
+        """After a request of ``who`` (which held or never got the lock): keep the lock
+        while its transaction is open; with ``rollback``, end that transaction first."""
+        if self._owner not in (None, who):
+            return  # ``who`` never got the lock: the open transaction is another's
+        if rollback and self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
         async with self._changed:
-            if self.conn.in_transaction:
-                self._owner = who
-            elif self._owner in (None, who):
-                self._owner = None
+            self._owner = who if self.conn.in_transaction else None
             self._changed.notify_all()
 
     def execute(self, stmt: JSON, stored: dict[int, str]) -> JSON:
@@ -272,6 +278,7 @@ class _Stream:
                 except HranaError as exc:
                     await self.session.fail(request_id, exc)
                 else:
+                    await self.session.standin._jitter()
                     await self.session.reply(request_id, response)
         finally:
             await db.release(self, rollback=True)
@@ -338,6 +345,8 @@ class _Session:
                 else:
                     await self.ws.close(3003, "expected hello first, then requests")
                     return
+        except ConnectionClosed:  # the client (or stop()) dropped the connection
+            return
         finally:
             for stream in self.streams.values():
                 stream.task.cancel()
@@ -391,10 +400,14 @@ class HranaStandin:
         auth_token: str | None = None,
         port: int = 0,
         lock_timeout: float = 5.0,
+        reply_jitter: float = 0.0,
+        seed: int = 0,
     ) -> None:
         self.path = str(path)
         self.auth_token = auth_token
         self.lock_timeout = lock_timeout
+        self.reply_jitter = reply_jitter
+        self._random = random.Random(seed)
         self.port = port
         self.requests: collections.Counter[str] = collections.Counter()
         self._counts_lock = threading.Lock()
@@ -462,6 +475,12 @@ class HranaStandin:
         with self._counts_lock:
             self.requests[kind] += 1
 
+    async def _jitter(self) -> None:
+        """Hold an answer back for up to ``reply_jitter`` seconds (after the statements
+        ran), so that answers to concurrent requests come back out of commit order."""
+        if self.reply_jitter > 0:
+            await asyncio.sleep(self._random.uniform(0, self.reply_jitter))
+
     def _token_ok(self, token: object) -> bool:
         return self.auth_token is None or token == self.auth_token
 
@@ -511,9 +530,7 @@ class HranaStandin:
         task.add_done_callback(self._tasks.discard)
         await asyncio.wait({task})
 
-    async def _connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 try:
@@ -521,7 +538,7 @@ class HranaStandin:
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                     return
                 lines = head.decode("latin-1").split("\r\n")
-                method, target, _ = (lines[0].split(" ", 2) + ["", ""])[:3]
+                method, target, _ = [*lines[0].split(" ", 2), "", ""][:3]
                 headers = {
                     k.strip().lower(): v.strip()
                     for k, _, v in (line.partition(":") for line in lines[1:] if line)
@@ -535,6 +552,7 @@ class HranaStandin:
                     return
                 body = await reader.readexactly(length) if length else b""
                 status, payload = await self._http(method, target, headers, body)
+                await self._jitter()
                 keep = headers.get("connection", "").lower() != "close"
                 await self._respond(writer, status, payload, close=not keep)
                 if not keep:
@@ -551,8 +569,7 @@ class HranaStandin:
         writer: asyncio.StreamWriter, status: int, payload: JSON, *, close: bool
     ) -> None:
         body = json.dumps(payload).encode()
-        reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-                  405: "Method Not Allowed", 413: "Payload Too Large"}.get(status, "Error")  # fmt: skip
+        reason = REASONS.get(status, "Error")
         writer.write(
             f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n"
@@ -565,9 +582,10 @@ class HranaStandin:
         self, method: str, target: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, JSON]:
         path = target.split("?", 1)[0]
-        self._count(f"http:{method} {path}")
         if path not in ("/v1/execute", "/v1/batch"):
+            self._count("http:other")
             return 404, {"message": f"no route for {path}", "code": "NOT_FOUND"}
+        self._count("http:" + path.rsplit("/", 1)[1])
         if method != "POST":
             return 405, {"message": "use POST", "code": "METHOD_NOT_ALLOWED"}
         auth = headers.get("authorization", "")
@@ -575,7 +593,6 @@ class HranaStandin:
         if not self._token_ok(token):
             return 401, {"message": "Authentication failed: the token is not valid",
                          "code": "AUTH_JWT_INVALID"}  # fmt: skip
-        self._count("http:batch" if path == "/v1/batch" else "http:execute")
         try:
             request = json.loads(body)
         except ValueError:

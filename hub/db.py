@@ -1,0 +1,242 @@
+"""A small SQL database handle for the tenant and public DBs, embedded or remote.
+
+:class:`Database` runs single statements and atomic batches, the two operations the
+seed's steps use, and counts every row inserted or updated into
+``hub_db_writes_total{target=...}``. ``file:`` URLs open one SQLite connection (WAL,
+busy timeout) whose statements run on a small shared thread pool, one at a time per
+database, so the event loop never waits on disk; remote libSQL URLs go through
+libsql-client (the ``turso`` extra), where a batch is one round trip.
+
+A batch is all or nothing. A statement can make its batch fail on purpose with
+:func:`guard` (``SELECT CASE WHEN changes() = 1 THEN 1 ELSE json('...') END``), which is
+how a conditional UPDATE ("only if enough stock") aborts the whole batch on both kinds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hub.errors import Unavailable
+from hub.store_file import connect, path_from_url
+
+__all__ = [
+    "Database",
+    "DatabaseError",
+    "FileDatabase",
+    "GuardFailed",
+    "RemoteDatabase",
+    "Result",
+    "Stmt",
+    "WriteCounter",
+    "guard",
+    "open_database",
+]
+
+Stmt = tuple[str, Sequence[Any]]
+WriteCounter = Callable[[int], None]
+
+_WRITE = re.compile(r"^\s*(INSERT|UPDATE|REPLACE)\b", re.IGNORECASE)
+_GUARD_TAG = "hub-guard:"
+
+
+def guard(name: str, rows: int = 1) -> Stmt:
+    """A statement that aborts its batch unless the previous one changed ``rows`` rows."""
+    if not re.fullmatch(r"[a-z0-9_-]+", name):
+        raise ValueError(name)
+    return (f"SELECT CASE WHEN changes() = {int(rows)} THEN 1 ELSE json('{_GUARD_TAG}{name}') END",
+            ())  # fmt: skip
+
+
+class DatabaseError(Unavailable):
+    """The database failed or refused a statement (503 unless handled)."""
+
+
+class GuardFailed(DatabaseError):
+    """A :func:`guard` aborted the batch; ``name`` says which."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"condition {name!r} not met", code="condition_failed")
+        self.name = name
+
+
+def _guard_name(message: str, stmts: Sequence[Stmt]) -> str | None:
+    if "malformed JSON" not in message:
+        return None
+    for sql, _ in stmts:
+        m = re.search(rf"json\('{_GUARD_TAG}([a-z0-9_-]+)'\)", sql)
+        if m:
+            return m.group(1)  # SQLite does not say which guard; batches hold one kind
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    rows: list[tuple[Any, ...]]
+    rowcount: int
+
+
+class Database(Protocol):
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> Result:
+        """Run one statement (autocommit)."""
+
+    async def batch(self, stmts: Sequence[Stmt]) -> list[Result]:
+        """Run statements in one transaction; all or nothing."""
+
+    async def close(self) -> None:
+        """Release the connection. Idempotent."""
+
+
+def _count_writes(stmts: Sequence[Stmt], results: Sequence[Result]) -> int:
+    return sum(r.rowcount for (sql, _), r in zip(stmts, results, strict=True) if _WRITE.match(sql))
+
+
+class FileDatabase:
+    """An embedded SQLite database; statements run on ``pool``, one at a time."""
+
+    def __init__(self, url: str, pool: ThreadPoolExecutor, *, schema: Sequence[str],
+                 on_write: WriteCounter | None = None) -> None:  # fmt: skip
+        self.path = path_from_url(url)
+        self._pool = pool
+        self._schema = schema
+        self._on_write = on_write
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = connect(self.path)
+            conn.execute("BEGIN IMMEDIATE")
+            for ddl in self._schema:
+                conn.execute(ddl)
+            conn.execute("COMMIT")
+            self._conn = conn
+        return self._conn
+
+    def _run(self, stmts: Sequence[Stmt], atomic: bool) -> list[Result]:
+        with self._lock:
+            conn = self._connection()
+            try:
+                if atomic:
+                    conn.execute("BEGIN IMMEDIATE")
+                out = []
+                for sql, args in stmts:
+                    cur = conn.execute(sql, tuple(args))
+                    rows = cur.fetchall()
+                    out.append(Result(rows, cur.rowcount if cur.rowcount > 0 else 0))
+                if atomic:
+                    conn.execute("COMMIT")
+                return out
+            except sqlite3.Error as exc:
+                if atomic and conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                name = _guard_name(str(exc), stmts)
+                if name is not None:
+                    raise GuardFailed(name) from None
+                raise DatabaseError(f"{self.path.name}: {exc}") from None
+
+    async def _submit(self, stmts: Sequence[Stmt], atomic: bool) -> list[Result]:
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self._pool, self._run, stmts, atomic)
+        if self._on_write is not None:
+            n = _count_writes(stmts, results)
+            if n:
+                self._on_write(n)
+        return results
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> Result:
+        return (await self._submit([(sql, args)], False))[0]
+
+    async def batch(self, stmts: Sequence[Stmt]) -> list[Result]:
+        return await self._submit(stmts, True)
+
+    def close_sync(self) -> None:
+        """Close the connection; a later statement opens it again."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._pool, self.close_sync)
+
+
+class RemoteDatabase:
+    """A remote libSQL database through libsql-client; a batch is one round trip."""
+
+    def __init__(self, url: str, *, auth_token: str | None, schema: Sequence[str],
+                 on_write: WriteCounter | None = None) -> None:  # fmt: skip
+        try:
+            import libsql_client
+        except ImportError:  # pragma: no cover - depends on the install
+            raise RuntimeError("remote libSQL URLs need the 'turso' extra") from None
+        self._url = url
+        self._auth_token = auth_token
+        self._client: Any = None
+        self._schema = schema
+        self._on_write = on_write
+        self._ready: asyncio.Lock | None = None
+        self._created = False
+
+    async def _ensure_schema(self) -> None:
+        if self._created:
+            return
+        if self._ready is None:
+            self._ready = asyncio.Lock()
+        async with self._ready:
+            if not self._created:
+                await self._call([(ddl, ()) for ddl in self._schema])
+                self._created = True
+
+    async def _call(self, stmts: Sequence[Stmt]) -> list[Result]:
+        import libsql_client
+
+        if self._client is None:
+            self._client = libsql_client.create_client(self._url, auth_token=self._auth_token)
+        try:
+            if len(stmts) == 1:
+                rs = [await self._client.execute(stmts[0][0], list(stmts[0][1]))]
+            else:
+                rs = await self._client.batch([libsql_client.Statement(s, list(a))
+                                               for s, a in stmts])  # fmt: skip
+        except libsql_client.LibsqlError as exc:
+            name = _guard_name(str(exc), stmts)
+            if name is not None:
+                raise GuardFailed(name) from None
+            raise DatabaseError(f"remote database: {exc}") from None
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise DatabaseError(f"remote database unreachable: {exc}") from None
+        return [Result([tuple(r) for r in res.rows], int(res.rows_affected or 0)) for res in rs]
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> Result:
+        return (await self.batch([(sql, args)]))[0]
+
+    async def batch(self, stmts: Sequence[Stmt]) -> list[Result]:
+        await self._ensure_schema()
+        results = await self._call(stmts)
+        if self._on_write is not None:
+            n = _count_writes(stmts, results)
+            if n:
+                self._on_write(n)
+        return results
+
+    async def close(self) -> None:
+        """Close the client; a later statement opens a new one."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+
+def open_database(url: str, *, pool: ThreadPoolExecutor, schema: Sequence[str],
+                  auth_token: str | None = None,
+                  on_write: WriteCounter | None = None) -> Database:  # fmt: skip
+    """The database at ``url`` (``file:`` or a remote libSQL URL)."""
+    if url.startswith("file:"):
+        return FileDatabase(url, pool, schema=schema, on_write=on_write)
+    return RemoteDatabase(url, auth_token=auth_token, schema=schema, on_write=on_write)

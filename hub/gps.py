@@ -1,0 +1,151 @@
+"""Driver positions (seed Steps 7 and 9): coalesced writes and live ``location`` frames.
+
+A ping updates only the driver's point in the driver's own tenant DB, never the
+streams DB. Pings less than ``interval`` apart are coalesced: the first is written at
+once, later ones wait in memory and the latest lands when the interval is up, so a
+driver costs at most one write per second. Every accepted ping also reaches the
+subscribers of the driver's undelivered orders as a ``location`` frame (through the
+broker, so on every instance). Pings over ``max_rate`` per second per driver are
+dropped and counted, not queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import json
+import logging
+import time
+
+from hub.broker import Notice
+from hub.events import Opcode, now_ts
+from hub.node import Node
+from hub.tenants import Tenants
+
+__all__ = ["Gps"]
+
+log = logging.getLogger("hub.gps")
+
+STREAMS_TTL = 1.0  # seconds a driver's list of open orders is cached
+MAX_TRACKED = 100_000  # drivers remembered at once (oldest forgotten first)
+
+
+class Gps:
+    """Coalesces GPS writes per driver and fans positions out; owns one flusher task."""
+
+    def __init__(self, node: Node, tenants: Tenants, *, interval: float = 1.0,
+                 max_rate: float = 20.0) -> None:  # fmt: skip
+        self.node = node
+        self.tenants = tenants
+        self.interval = interval
+        self.max_rate = max_rate
+        self._last_write: dict[str, float] = {}
+        self._pending: dict[str, tuple[float, float]] = {}
+        self._due: list[tuple[float, str]] = []
+        self._wake = asyncio.Event()
+        self._streams: dict[str, tuple[float, list[str]]] = {}
+        self._window: dict[str, tuple[float, int]] = {}  # driver -> (second, pings in it)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._flusher(), name="hub-gps-flusher")
+
+    async def close(self) -> None:
+        """Stop the flusher, then write what is still pending (best effort)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        pending, self._pending = self._pending, {}
+        for driver, (lat, lng) in pending.items():
+            with contextlib.suppress(Exception):
+                await self._write(driver, lat, lng)
+
+    def _allowed(self, driver: str, now: float) -> bool:
+        second = int(now)
+        start, count = self._window.get(driver, (second, 0))
+        if start != second:
+            start, count = second, 0
+        if count >= self.max_rate:
+            return False
+        self._window[driver] = (start, count + 1)
+        return True
+
+    async def ping(self, driver: str, lat: float, lng: float) -> bool:
+        """Take one position of ``driver``; False when dropped by the rate limit."""
+        now = time.monotonic()
+        if not self._allowed(driver, now):
+            self.node.metrics.gps_dropped.inc()
+            return False
+        self.node.metrics.gps_pings.inc()
+        last = self._last_write.get(driver)
+        if last is None or now - last >= self.interval:
+            self._last_write[driver] = now
+            self._pending.pop(driver, None)
+            await self._write(driver, lat, lng)
+        else:
+            if driver not in self._pending:
+                heapq.heappush(self._due, (last + self.interval, driver))
+                self._wake.set()
+            self._pending[driver] = (lat, lng)
+        self._forget_old(now)
+        await self._fan_out(driver, lat, lng)
+        return True
+
+    def _forget_old(self, now: float) -> None:
+        if len(self._last_write) <= MAX_TRACKED:
+            return
+        for d, t in list(self._last_write.items()):
+            if now - t > self.interval and d not in self._pending:
+                del self._last_write[d]
+                self._window.pop(d, None)
+                self._streams.pop(d, None)
+
+    async def _write(self, driver: str, lat: float, lng: float) -> None:
+        db = self.tenants.tenant(driver)
+        await db.execute("UPDATE points SET lat = ?, lng = ? WHERE nodeId = ?", [lat, lng, driver])
+
+    async def _fan_out(self, driver: str, lat: float, lng: float) -> None:
+        now = time.monotonic()
+        cached = self._streams.get(driver)
+        if cached is None or cached[0] < now:
+            streams = await self.node.store.find_streams(
+                having=Opcode.TASK_ASSIGN, lacking=Opcode.ORDER_DELIVER, member=driver, limit=20
+            )
+            self._streams[driver] = (now + STREAMS_TTL, streams)
+        else:
+            streams = cached[1]
+        ts = now_ts()
+        for stream_id in streams:
+            frame = json.dumps({"type": "location", "streamId": stream_id, "driver": driver,
+                                "lat": lat, "lng": lng, "ts": ts})  # fmt: skip
+            self.node.broker.publish_notice(Notice(stream_id, frame))
+
+    def forget(self, driver: str) -> None:
+        """Drop the cached order list of ``driver`` (after an assignment or delivery)."""
+        self._streams.pop(driver, None)
+
+    async def _flusher(self) -> None:
+        while True:
+            if not self._due:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            due, driver = self._due[0]
+            delay = due - time.monotonic()
+            if delay > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                continue
+            heapq.heappop(self._due)
+            pos = self._pending.pop(driver, None)
+            if pos is None:
+                continue
+            self._last_write[driver] = time.monotonic()
+            try:
+                await self._write(driver, *pos)
+            except Exception:
+                log.exception("GPS write for %s failed", driver)

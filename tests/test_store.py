@@ -1,0 +1,495 @@
+"""The streams store conformance suite: every behaviour, once, for every store.
+
+``store`` is parametrized over the embedded :class:`~hub.store_file.FileStore` (a
+SQLite file) and :class:`~hub.store_remote.RemoteStore` through the Hrana stand-in
+(:mod:`tests.hrana_standin`) over ``ws://`` and over ``http://``. A few tests at the
+end concern the remote store alone (round trips, auth token, a write lock held
+elsewhere, a server unreachable or lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import libsql_client
+import pytest
+
+from hub.errors import Conflict, Unavailable
+from hub.events import Event, NewEvent, Opcode, parse_draft
+from hub.store import AppendResult, NotFirstEvent, Store, StreamArchived
+from hub.store_file import FileStore
+from hub.store_remote import RemoteStore
+from tests.conftest import timeout
+from tests.hrana_standin import HranaStandin
+
+STREAM = "ord-1"
+TOKEN = "s3cret-token"
+
+
+def ev(event_id: str, opcode: int = Opcode.INVOICE_PAYMENT, **fields: Any) -> NewEvent:
+    """A validated event, as the hub hands it to the store."""
+    return parse_draft({"id": event_id, "opcode": opcode, **fields}, stream_id=STREAM)
+
+
+def order_create(event_id: str, customer: str = "c1", restaurant: str = "r1") -> NewEvent:
+    return ev(
+        event_id,
+        Opcode.ORDER_CREATE,
+        nodeId="node-c1",
+        payload={"customer": customer, "restaurant": restaurant, "total": 42.5},
+    )
+
+
+def task_assign(event_id: str, driver: str) -> NewEvent:
+    return ev(event_id, Opcode.TASK_ASSIGN, payload={"driver": driver})
+
+
+# -- fixtures -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def standin() -> Iterator[HranaStandin]:
+    """A Hrana stand-in server, no token required; answers come back out of order."""
+    with HranaStandin(reply_jitter=0.005) as server:
+        yield server
+
+
+@pytest.fixture
+def secured_standin() -> Iterator[HranaStandin]:
+    """A Hrana stand-in server that requires ``TOKEN``."""
+    with HranaStandin(auth_token=TOKEN) as server:
+        yield server
+
+
+def remote_url(server: HranaStandin, transport: str) -> str:
+    return server.ws_url if transport == "ws" else server.http_url
+
+
+@pytest.fixture(params=["file", "ws", "http"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """An opened store of each kind; closed afterwards."""
+    s: Store
+    if request.param == "file":
+        s = FileStore(f"file:{tmp_path / 'streams.db'}")
+    else:
+        server: HranaStandin = request.getfixturevalue("standin")
+        s = RemoteStore(remote_url(server, request.param))
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def all_events(store: Store) -> list[Event]:
+    return await store.read_inbox(None, 0, 100_000)
+
+
+# -- the conformance suite -----------------------------------------------------------
+
+
+async def test_append_and_read_round_trip(store: Store) -> None:
+    """Appended events come back with every field, seq 1..n, growing pos, contract JSON."""
+    first = await store.append(STREAM, [order_create("e1")], first=True)
+    batch = [
+        ev("e2", Opcode.INVOICE_PAYMENT, nodeId="node-c1", pointId="pt-1", delta=-42.5,
+           payload={"method": "card"}, ts="2026-11-27T12:30:00Z"),
+        ev("e3", Opcode.SALE_OUT, nodeId="node-r1", pointId="pt-shw", delta=-1),
+    ]  # fmt: skip
+    second = await store.append(STREAM, batch)
+
+    events = first.events + second.events
+    assert [e.seq for e in events] == [1, 2, 3]
+    assert events[0].pos < events[1].pos < events[2].pos
+    assert first.new == first.events
+    assert second.new == second.events
+    assert await store.read_stream(STREAM, 0, 100) == events
+
+    e2 = events[1]
+    assert (e2.id, e2.stream_id, e2.opcode, e2.node_id, e2.point_id, e2.delta) == (
+        "e2", STREAM, Opcode.INVOICE_PAYMENT, "node-c1", "pt-1", -42.5,
+    )  # fmt: skip
+    assert json.loads(e2.json) == {
+        "id": "e2",
+        "streamId": STREAM,
+        "seq": 2,
+        "pos": e2.pos,
+        "opcode": 203,
+        "name": "INVOICE_PAYMENT",
+        "nodeId": "node-c1",
+        "pointId": "pt-1",
+        "delta": -42.5,
+        "payload": {"method": "card"},
+        "ts": "2026-11-27T12:30:00.000Z",
+    }
+    stored = (await store.read_stream(STREAM, 0, 100))[0]
+    assert stored.payload_obj == {"customer": "c1", "restaurant": "r1", "total": 42.5}
+    assert stored.point_id is None
+    assert stored.delta == 0
+
+
+async def test_read_stream_since_and_limit(store: Store) -> None:
+    """read_stream returns the events after ``since``, in seq order, at most ``limit``."""
+    await store.append(STREAM, [ev(f"e{i}") for i in range(1, 8)])
+    page = await store.read_stream(STREAM, 2, 3)
+    assert [e.seq for e in page] == [3, 4, 5]
+    assert [e.seq for e in await store.read_stream(STREAM, 5, 100)] == [6, 7]
+    assert await store.read_stream(STREAM, 7, 100) == []
+    assert await store.read_stream("no-such-stream", 0, 100) == []
+
+
+async def test_read_inbox_from_membership_on(store: Store) -> None:
+    """A member's inbox starts at the event that named it; None reads every stream."""
+    await store.append(STREAM, [order_create("a1"), ev("a2")], first=True)
+    await store.append(STREAM, [task_assign("a3", "d1"), ev("a4", Opcode.ORDER_SHIP)])
+    await store.append("ord-2", [order_create("b1", customer="c2")], first=True)
+
+    def keys(events: list[Event]) -> list[tuple[str, int]]:
+        return [(e.stream_id, e.seq) for e in events]
+
+    assert keys(await store.read_inbox("d1", 0, 100)) == [(STREAM, 3), (STREAM, 4)]
+    assert keys(await store.read_inbox("c1", 0, 100)) == [(STREAM, s) for s in (1, 2, 3, 4)]
+    assert keys(await store.read_inbox("c2", 0, 100)) == [("ord-2", 1)]
+    assert keys(await store.read_inbox("r1", 0, 100)) == [
+        (STREAM, 1), (STREAM, 2), (STREAM, 3), (STREAM, 4), ("ord-2", 1),
+    ]  # fmt: skip
+    assert await store.read_inbox("stranger", 0, 100) == []
+
+    everything = await store.read_inbox(None, 0, 100)
+    assert len(everything) == 5
+    assert [e.pos for e in everything] == sorted(e.pos for e in everything)
+    after = everything[1].pos
+    assert await store.read_inbox(None, after, 2) == everything[2:4]
+    assert await store.read_inbox("d1", everything[2].pos, 100) == [everything[3]]
+
+
+async def test_retry_returns_stored_event(store: Store) -> None:
+    """The same id with the same content returns the stored event and writes nothing."""
+    original = await store.append(STREAM, [order_create("e1")], first=True)
+    again = order_create("e1")  # a new parse: another server-side ts, not given by the writer
+    retried = await store.append(STREAM, [again], first=True)
+
+    assert retried.new == []
+    assert retried.events == original.events
+    assert retried.members == original.members
+    assert await store.read_stream(STREAM, 0, 100) == original.events
+    info = await store.stream_info(STREAM)
+    assert info is not None
+    assert info.last_seq == 1
+    nxt = await store.append(STREAM, [ev("e2")])
+    assert nxt.events[0].seq == 2
+
+
+async def test_other_content_under_same_id_conflicts(store: Store) -> None:
+    """The same id with other content raises Conflict and writes nothing."""
+    original = await store.append(STREAM, [ev("e1", payload={"amount": 1})])
+    with pytest.raises(Conflict):
+        await store.append(STREAM, [ev("e1", payload={"amount": 2})])
+    with pytest.raises(Conflict):  # the same id in another stream is another event
+        await store.append("ord-2", [ev("e1", payload={"amount": 1})])
+    assert await all_events(store) == original.events
+    assert await store.stream_info("ord-2") is None
+
+
+async def test_batch_is_all_or_nothing(store: Store) -> None:
+    """A batch whose third event conflicts writes none of the batch."""
+    original = await store.append(STREAM, [ev("e1", payload={"amount": 1})])
+    with pytest.raises(Conflict):
+        await store.append(STREAM, [ev("e2"), ev("e3"), ev("e1", payload={"amount": 2})])
+    assert await all_events(store) == original.events
+    info = await store.stream_info(STREAM)
+    assert info is not None
+    assert info.last_seq == 1
+    result = await store.append(STREAM, [ev("e2"), ev("e3")])
+    assert [e.seq for e in result.events] == [2, 3]
+
+
+async def test_batch_mixing_retry_and_new_commits_only_new(store: Store) -> None:
+    """A batch repeating a stored event returns it as stored and commits the others."""
+    e1 = ev("e1")
+    original = await store.append(STREAM, [e1])
+    result = await store.append(STREAM, [ev("e0"), e1, ev("e2")])
+    assert [e.id for e in result.events] == ["e0", "e1", "e2"]
+    assert result.events[1] == original.events[0]
+    assert [(e.id, e.seq) for e in result.new] == [("e0", 2), ("e2", 3)]
+    assert [e.id for e in await store.read_stream(STREAM, 0, 100)] == ["e1", "e0", "e2"]
+
+
+async def test_first_on_non_empty_stream_is_refused(store: Store) -> None:
+    """``first=True`` on a stream that has events raises NotFirstEvent, writes nothing."""
+    await store.append(STREAM, [order_create("e1")], first=True)
+    with pytest.raises(NotFirstEvent):
+        await store.append(STREAM, [order_create("e2", customer="c9")], first=True)
+    assert [e.id for e in await all_events(store)] == ["e1"]
+    info = await store.stream_info(STREAM)
+    assert info is not None
+    assert info.last_seq == 1
+    assert "c9" not in info.members
+
+
+async def test_first_event_retry_is_returned_not_refused(store: Store) -> None:
+    """Retrying a stream's first event with ``first=True`` returns it, even after more."""
+    original = await store.append(STREAM, [order_create("e1")], first=True)
+    await store.append(STREAM, [ev("e2")])
+    retried = await store.append(STREAM, [order_create("e1")], first=True)
+    assert retried.events == original.events
+    assert retried.new == []
+
+
+async def test_seq_gap_free_under_concurrent_appenders(store: Store) -> None:
+    """64 concurrent appenders to one stream get seq 1..n exactly once, pos in seq order."""
+    writers, each = 64, 5
+
+    async def writer(w: int) -> list[Event]:
+        out: list[Event] = []
+        for i in range(each):
+            out += (await store.append(STREAM, [ev(f"w{w}-{i}")])).events
+        return out
+
+    async with asyncio.timeout(timeout(60)):
+        results = await asyncio.gather(*(writer(w) for w in range(writers)))
+    answered = sorted(e.seq for events in results for e in events)
+    assert answered == list(range(1, writers * each + 1))
+
+    stored = await store.read_stream(STREAM, 0, 10_000)
+    assert [e.seq for e in stored] == list(range(1, writers * each + 1))
+    assert len({e.id for e in stored}) == writers * each
+    assert [e.pos for e in stored] == sorted(e.pos for e in stored)
+    info = await store.stream_info(STREAM)
+    assert info is not None
+    assert info.last_seq == writers * each
+
+
+async def test_delete_keeps_seq_and_never_reuses_pos(store: Store) -> None:
+    """delete_stream removes the events, keeps last_seq; later pos exceed every pos given."""
+    first = await store.append(STREAM, [order_create("e1"), ev("e2"), ev("e3")], first=True)
+    top = max(e.pos for e in first.events)
+    assert await store.delete_stream(STREAM) == 3
+    assert await store.read_stream(STREAM, 0, 100) == []
+    assert await store.read_inbox("c1", 0, 100) == []
+    info = await store.stream_info(STREAM)
+    assert info is not None
+    assert info.archived
+    assert info.last_seq == 3
+
+    other = await store.append("ord-2", [ev("f1")])
+    assert other.events[0].pos > top
+
+
+async def test_archived_stream_refuses_appends(store: Store) -> None:
+    """An append to an archived stream raises StreamArchived and writes nothing."""
+    await store.append(STREAM, [order_create("e1")], first=True)
+    await store.delete_stream(STREAM)
+    with pytest.raises(StreamArchived):
+        await store.append(STREAM, [ev("e2")])
+    with pytest.raises(StreamArchived):
+        await store.append(STREAM, [order_create("e3")], first=True)
+    assert await all_events(store) == []
+    info = await store.stream_info(STREAM)
+    assert info is not None
+    assert info.last_seq == 1
+
+
+async def test_stream_info_members_and_last_seq(store: Store) -> None:
+    """stream_info reports last_seq and each member with the pos it joined at."""
+    assert await store.stream_info(STREAM) is None
+    created = await store.append(STREAM, [order_create("e1"), ev("e2")], first=True)
+    assigned = await store.append(STREAM, [task_assign("e3", "d1")])
+    again = await store.append(STREAM, [task_assign("e4", "d1")])  # already a member
+
+    joined, assigned_at = created.events[0].pos, assigned.events[0].pos
+    expected = {"c1": joined, "r1": joined, "d1": assigned_at}
+    assert created.members == {"c1": joined, "r1": joined}
+    assert assigned.members == expected
+    assert again.members == expected
+    info = await store.stream_info(STREAM)
+    assert info is not None
+    assert (info.stream_id, info.last_seq, info.archived) == (STREAM, 4, False)
+    assert info.members == expected
+
+
+async def test_on_commit_sees_every_commit_in_order_before_the_caller(store: Store) -> None:
+    """on_commit gets each committing append once, in pos order, before its caller."""
+    seen: list[AppendResult] = []
+    store.on_commit = seen.append
+
+    async def writer(w: int) -> None:
+        for i in range(3):
+            result = await store.append(f"ord-{w % 4}", [ev(f"w{w}-{i}a"), ev(f"w{w}-{i}b")])
+            assert any(r is result for r in seen)
+
+    async with asyncio.timeout(timeout(60)):
+        await asyncio.gather(*(writer(w) for w in range(32)))
+    assert len(seen) == 32 * 3
+    positions = [e.pos for r in seen for e in r.new]
+    assert positions == sorted(positions)
+
+    seen.clear()
+    await store.append("ord-0", [ev("w0-0a")])  # a pure retry commits nothing
+    assert seen == []
+
+
+async def test_append_whose_caller_went_away_still_commits_and_is_handed_on(
+    store: Store,
+) -> None:
+    """A cancelled caller does not stop its append: it commits and reaches on_commit."""
+    handed_on = asyncio.Event()
+    seen: list[AppendResult] = []
+
+    def hook(result: AppendResult) -> None:
+        seen.append(result)
+        handed_on.set()
+
+    store.on_commit = hook
+    caller = asyncio.create_task(store.append(STREAM, [ev("e1")]))
+    await asyncio.sleep(0)  # the append is under way
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    async with asyncio.timeout(timeout(10)):
+        await handed_on.wait()
+    assert [e.id for r in seen for e in r.new] == ["e1"]
+    assert [e.id for e in await store.read_stream(STREAM, 0, 100)] == ["e1"]
+
+
+async def test_find_streams(store: Store) -> None:
+    """find_streams filters unarchived streams by opcodes and member, oldest first."""
+    await store.append("ord-a", [order_create("a1", customer="c1")], first=True)
+    await store.append("ord-b", [order_create("b1", customer="c2")], first=True)
+    await store.append("ord-c", [order_create("c1", customer="c1")], first=True)
+    await store.append("ord-b", [task_assign("b2", "d1")])
+    await store.append("ord-a", [ev("a2", Opcode.ORDER_DELIVER)])
+    await store.append("ord-c", [ev("c2")])
+    await store.delete_stream("ord-c")
+
+    assert await store.find_streams() == ["ord-a", "ord-b"]
+    assert await store.find_streams(having=Opcode.ORDER_CREATE, lacking=Opcode.ORDER_DELIVER) == [
+        "ord-b"
+    ]
+    assert await store.find_streams(member="c1") == ["ord-a"]
+    assert await store.find_streams(member="d1", having=Opcode.TASK_ASSIGN) == ["ord-b"]
+    assert await store.find_streams(limit=1) == ["ord-a"]
+
+
+# -- the remote store alone ------------------------------------------------------------
+
+transports = pytest.mark.parametrize("transport", ["ws", "http"])
+
+
+@transports
+async def test_remote_append_is_one_round_trip(standin: HranaStandin, transport: str) -> None:
+    """An append is one Hrana batch request; a pure retry costs one more."""
+    store = RemoteStore(remote_url(standin, transport))
+    await store.open()
+    try:
+        await store.append(STREAM, [order_create("e1")], first=True)
+        before = standin.counts()
+        await store.append(STREAM, [task_assign("e2", "d1"), ev("e3"), ev("e4")])
+        await store.append(STREAM, [ev("e5")])
+        after = standin.counts()
+        assert after.get(f"{transport}:batch", 0) - before.get(f"{transport}:batch", 0) == 2
+        assert after.get(f"{transport}:execute", 0) == before.get(f"{transport}:execute", 0)
+
+        before = standin.counts()
+        await store.append(STREAM, [ev("e5")])
+        after = standin.counts()
+        assert after.get(f"{transport}:batch", 0) - before.get(f"{transport}:batch", 0) == 2
+    finally:
+        await store.close()
+
+
+@transports
+async def test_remote_sends_the_auth_token(secured_standin: HranaStandin, transport: str) -> None:
+    """The configured token reaches the server; a wrong or missing one is Unavailable."""
+    url = remote_url(secured_standin, transport)
+    good = RemoteStore(url, auth_token=TOKEN)
+    await good.open()
+    try:
+        result = await good.append(STREAM, [ev("e1")])
+        assert result.events[0].seq == 1
+    finally:
+        await good.close()
+
+    for token in ("wrong-token", None):
+        bad = RemoteStore(url, auth_token=token)
+        with pytest.raises(Unavailable, match="auth token"):
+            await bad.open()
+        await bad.close()
+
+
+@transports
+async def test_remote_append_waits_for_a_write_lock_held_elsewhere(transport: str) -> None:
+    """An append refused with SQLITE_BUSY is run again, and commits once the lock is free."""
+    with HranaStandin(lock_timeout=0.05) as server:
+        store = RemoteStore(remote_url(server, transport))
+        await store.open()
+        holder = libsql_client.create_client(server.ws_url)
+        try:
+            tx = holder.transaction()
+            await tx.execute("INSERT INTO streams (streamId, lastSeq) VALUES ('held', 0)")
+            append = asyncio.create_task(store.append(STREAM, [ev("e1")]))
+            await asyncio.sleep(0.2)
+            assert not append.done()
+            await tx.commit()
+            async with asyncio.timeout(timeout(10)):
+                result = await append
+            assert result.events[0].seq == 1
+            assert await store.stream_info("held") is not None
+        finally:
+            await holder.close()
+            await store.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+@transports
+async def test_remote_unreachable_database_is_unavailable(transport: str) -> None:
+    """A server that refuses connections makes open() raise Unavailable."""
+    scheme = "ws" if transport == "ws" else "http"
+    store = RemoteStore(f"{scheme}://127.0.0.1:{_closed_port()}")
+    with pytest.raises(Unavailable):
+        await store.open()
+    await store.close()
+
+
+@transports
+async def test_remote_lost_database_is_unavailable_then_recovers(
+    tmp_path: Path, transport: str
+) -> None:
+    """While the server is gone every call raises Unavailable; once back, work resumes."""
+    db = tmp_path / "sqld.db"
+    server = HranaStandin(db)
+    server.start()
+    store = RemoteStore(remote_url(server, transport))
+    try:
+        await store.open()
+        await store.append(STREAM, [ev("e1")])
+        server.stop()
+        with pytest.raises(Unavailable):
+            await store.append(STREAM, [ev("e2")])
+        with pytest.raises(Unavailable):
+            await store.read_stream(STREAM, 0, 10)
+        with pytest.raises(Unavailable):
+            await store.ping()
+
+        server = HranaStandin(db, port=server.port)
+        server.start()
+        await store.ping()
+        result = await store.append(STREAM, [ev("e2")])
+        assert result.events[0].seq == 2
+    finally:
+        await store.close()
+        server.stop()
+    await store.close()  # idempotent
+    with pytest.raises(Unavailable):
+        await store.ping()
