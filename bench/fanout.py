@@ -150,7 +150,7 @@ class Hub:
         except OSError:
             return out
         for line in text.splitlines():
-            if line.startswith(("hub_ws_", "hub_events_appended")) and " " in line:
+            if line.startswith(("hub_ws_", "hub_events_appended", "hub_append_latency")) and " " in line:
                 name, _, value = line.rpartition(" ")
                 out[name] = float(value)
         return out

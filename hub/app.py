@@ -50,6 +50,18 @@ class Raw(Response):
     media_type = "application/json"
 
 
+class StaticPages:
+    """The web UI's files for GET and HEAD; anything else under no route is a 404."""
+
+    def __init__(self, directory: Path) -> None:
+        self.files = StaticFiles(directory=directory, html=True)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD"):
+            raise HTTPException(404, "Not Found")
+        await self.files(scope, receive, send)
+
+
 def bearer(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -62,7 +74,7 @@ def int_param(request: Request, name: str, default: int, *, maximum: int | None 
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise BadRequest(f"{name} must be a non-negative integer", code=f"invalid_{name}")
     value = int(raw)
     if maximum is not None and value > maximum:
@@ -73,7 +85,7 @@ def int_param(request: Request, name: str, default: int, *, maximum: int | None 
 async def read_json(request: Request, limit: int) -> Any:
     """Read a JSON body, refusing (413) more than ``limit`` bytes before parsing."""
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
+    if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > limit):
         raise PayloadTooLarge(f"request body over {limit} bytes", code="body_too_large")
     body = bytearray()
     async for chunk in request.stream():
@@ -241,7 +253,7 @@ def create_app(settings: Settings, *, static_dir: Path | None = STATIC_DIR) -> S
         WebSocketRoute("/ws/inbox", InboxEndpoint(node)),
     ]
     if static_dir is not None and static_dir.is_dir():
-        routes.append(Mount("/", StaticFiles(directory=static_dir, html=True), name="static"))
+        routes.append(Mount("/", StaticPages(static_dir), name="static"))
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         HubError: hub_error,
         HTTPException: http_error,

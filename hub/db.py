@@ -172,10 +172,10 @@ class RemoteDatabase:
 
     def __init__(self, url: str, *, auth_token: str | None, schema: Sequence[str],
                  on_write: WriteCounter | None = None) -> None:  # fmt: skip
-        try:
-            import libsql_client
-        except ImportError:  # pragma: no cover - depends on the install
-            raise RuntimeError("remote libSQL URLs need the 'turso' extra") from None
+        import importlib.util
+
+        if importlib.util.find_spec("libsql_client") is None:  # pragma: no cover
+            raise RuntimeError("remote libSQL URLs need the 'turso' extra")
         self._url = url
         self._auth_token = auth_token
         self._client: Any = None
@@ -210,7 +210,7 @@ class RemoteDatabase:
             if name is not None:
                 raise GuardFailed(name) from None
             raise DatabaseError(f"remote database: {exc}") from None
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise DatabaseError(f"remote database unreachable: {exc}") from None
         return [Result([tuple(r) for r in res.rows], int(res.rows_affected or 0)) for res in rs]
 

@@ -77,7 +77,10 @@ def check_stream_id(value: object) -> str:
 def format_ts(dt: datetime) -> str:
     """ISO 8601 UTC with milliseconds: ``2026-11-27T12:30:00.000Z``."""
     dt = dt.astimezone(UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    return (
+        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:"
+        f"{dt.second:02d}.{dt.microsecond // 1000:03d}Z"
+    )
 
 
 def now_ts() -> str:
@@ -93,16 +96,27 @@ def _parse_ts(value: object) -> str:
         raise Unprocessable("ts must be an ISO 8601 string") from None
     if dt.tzinfo is None:
         raise Unprocessable("ts must carry a timezone (e.g. a trailing Z)")
-    return format_ts(dt)
+    try:
+        return format_ts(dt)
+    except (OverflowError, ValueError):
+        raise Unprocessable("ts is out of range") from None
 
 
 def _ref(draft: dict[str, Any], key: str) -> str | None:
     value = draft.get(key)
     if value is None:
         return None
-    if not isinstance(value, str) or not value or len(value) > _REF_MAX:
+    if not isinstance(value, str) or not value or len(value) > _REF_MAX or not _utf8(value):
         raise Unprocessable(f"{key} must be a string of 1..{_REF_MAX} characters or null")
     return value
+
+
+def _utf8(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +167,13 @@ def parse_draft(
     delta = draft.get("delta", 0)
     if delta is None:
         delta = 0
-    if isinstance(delta, bool) or not isinstance(delta, int | float) or not math.isfinite(delta):
+    if isinstance(delta, bool) or not isinstance(delta, int | float):
+        raise Unprocessable("delta must be a finite number")
+    try:
+        delta = float(delta)
+    except OverflowError:
+        raise Unprocessable("delta must be a finite number") from None
+    if not math.isfinite(delta):
         raise Unprocessable("delta must be a finite number")
     payload = draft.get("payload", {})
     if payload is None:
@@ -162,9 +182,10 @@ def parse_draft(
         raise Unprocessable("payload must be a JSON object")
     try:
         encoded = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except (ValueError, TypeError):
-        raise Unprocessable("payload must be plain JSON (no NaN or Infinity)") from None
-    if len(encoded.encode()) > max_payload_bytes:
+        size = len(encoded.encode())
+    except (ValueError, TypeError, RecursionError):
+        raise Unprocessable("payload must be plain JSON (no NaN, Infinity, lone surrogates)") from None
+    if size > max_payload_bytes:
         raise PayloadTooLarge(f"payload over {max_payload_bytes} bytes encoded")
     ts_given = draft.get("ts") is not None
     ts = _parse_ts(draft["ts"]) if ts_given else now_ts()

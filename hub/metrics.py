@@ -53,6 +53,16 @@ class Metrics:
             "hub_ws_stalled_closes", "Sockets closed with 4008 (drained nothing)", registry=r
         )
 
+        # Redis.
+        self.redis_reconnects = Counter(
+            "hub_redis_reconnects", "Times the Redis pub/sub connection was re-established",
+            registry=r,
+        )
+        self.backfilled = Counter(
+            "hub_backfilled_events",
+            "Events sent from the store after a resync (Redis loss or reconnect)",
+            registry=r,
+        )
         # Orders, GPS and archiving.
         self.gps_pings = Counter("hub_gps_pings", "GPS pings accepted", registry=r)
         self.gps_dropped = Counter(

@@ -634,5 +634,7 @@ class Orders:
             )
             await public.execute(
                 "UPDATE points SET availability = 'offline', openNow = false"
-                " WHERE workspaceId = ? AND id = ? AND claim IS NULL", [driver, point_id])  # fmt: skip
+                " WHERE workspaceId = ? AND id = ? AND claim IS NULL",
+                [driver, point_id],
+            )
         return {"driver": driver, "status": status, "pointId": point_id}

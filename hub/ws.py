@@ -322,7 +322,7 @@ class _Endpoint:
         except HubError:
             return int(CloseCode.UNAUTHORIZED)
         raw_since = query.get("since", "0") or "0"
-        if not raw_since.isdigit() or len(raw_since) > 18:
+        if not (raw_since.isascii() and raw_since.isdigit()) or len(raw_since) > 18:
             frame = error_frame("invalid_since", "since must be an integer >= 0")
             await send({"type": "websocket.send", "text": frame})
             return int(CloseCode.POLICY_VIOLATION)
