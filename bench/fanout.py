@@ -60,6 +60,8 @@ HUB_CORE = "0"
 GEN_CORE = "1"
 NOTE = "x" * 120  # pads each event's payload to a realistic size (~400-byte frames)
 
+NODE_FLAGS: list[str] = []  # extra flags for the generator (--node-flag)
+
 TARGET_A_DELIVERIES = 50_000  # deliveries/s, one stream, 1,000 subscribers
 TARGET_B_P99_MS = 10.0  # p99 commit -> receipt, orders scenario
 
@@ -233,7 +235,7 @@ def run_scenario(
         cfg_path = hub.tmp / "loadgen.json"
         cfg_path.write_text(json.dumps(cfg))
         gen = subprocess.Popen(
-            ["taskset", "-c", GEN_CORE, "node", str(LOADGEN / "fanout.js"), str(cfg_path)],
+            ["taskset", "-c", GEN_CORE, "node", *NODE_FLAGS, str(LOADGEN / "fanout.js"), str(cfg_path)],
             stdout=subprocess.PIPE, start_new_session=True,
         )  # fmt: skip
         spy = None
@@ -363,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="run py-spy on the hub, writing collapsed stacks to PROFILE.<scenario>.txt")
     p.add_argument("--hub-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for the hub (diagnostics)")
+    p.add_argument("--node-flag", action="append", default=[], help="extra flag for node")
     p.add_argument("--trace", type=Path, help="B: write [k, sent ms, round trip ms] per request")
     args = p.parse_args(argv)
 
@@ -374,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_loadgen()
 
     hub_env = dict(kv.split("=", 1) for kv in args.hub_env)
+    NODE_FLAGS.extend(args.node_flag)
     results: list[dict[str, Any]] = []
     ok = True
     if args.scenario in ("A", "all"):

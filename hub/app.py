@@ -170,6 +170,14 @@ def create_app(settings: Settings, *, static_dir: Path | None = STATIC_DIR) -> S
 
         return endpoint
 
+    async def order_details(request: Request) -> Response:
+        oid = order_id(request)
+        return ok(await orders.details(principal(request), oid))
+
+    async def menu(request: Request) -> Response:
+        who = principal(request)
+        return ok(await orders.menu(who, request.path_params["restaurant"]))
+
     async def motion(request: Request) -> Response:
         who = principal(request)
         if who.role is not Role.DRIVER:
@@ -245,6 +253,8 @@ def create_app(settings: Settings, *, static_dir: Path | None = STATIC_DIR) -> S
         Route("/api/orders", create_order, methods=["POST"]),
         *(Route(f"/api/orders/{{order_id}}/{name}", step(name), methods=["POST"])
           for name in ("pay", "accept", "ready", "pickup", "deliver")),
+        Route("/api/orders/{order_id}", order_details, methods=["GET"]),
+        Route("/api/restaurants/{restaurant}", menu, methods=["GET"]),
         Route("/api/motion", motion, methods=["POST"]),
         Route("/api/drivers/status", driver_status, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),

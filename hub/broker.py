@@ -77,7 +77,14 @@ def routes(result: AppendResult) -> list[tuple[str, Event]]:
 
 
 class Broker(Protocol):
-    """Publish/subscribe between hub instances."""
+    """Publish/subscribe between hub instances.
+
+    ``ordered`` is True when messages arrive in commit (``pos``) order across all
+    streams, as in one process; when False, inbox subscribers treat live events as
+    hints and read them from the store in ``pos`` order.
+    """
+
+    ordered: bool
 
     async def start(self, deliver: Deliver, on_resync: Callable[[], None]) -> None:
         """Begin delivering messages of subscribed channels to ``deliver``.
@@ -106,6 +113,8 @@ class Broker(Protocol):
 
 class MemoryBroker:
     """The in-process broker: publishing delivers at once to this process's channels."""
+
+    ordered = True
 
     def __init__(self) -> None:
         self._deliver: Deliver | None = None

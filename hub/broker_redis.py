@@ -89,6 +89,7 @@ class RedisBroker:
         self._confirm: dict[str, asyncio.Future[None]] = {}
         self._pubsub: Any = None
         self._connected = False
+        self._ever_connected = False
         self._error = "not connected yet"
         self._outbox: deque[tuple[str, bytes]] = deque()
         self._outbox_ready = asyncio.Event()
@@ -233,20 +234,18 @@ class RedisBroker:
 
     async def _listen(self) -> None:
         backoff = 0.1
-        first = True
         while True:
             try:
                 await self._session()
             except (RedisError, OSError, TimeoutError) as exc:
                 self._error = str(exc) or type(exc).__name__
+            if self._connected:
+                backoff = 0.1  # it had worked: start the backoff over
             await self._drop_pubsub()
             for fut in self._confirm.values():
                 if not fut.done():
                     fut.set_result(None)
             self._confirm.clear()
-            if not first and self.metrics is not None:
-                self.metrics.redis_reconnects.inc()
-            first = False
             log.warning("redis pub/sub lost (%s); reconnecting in %.1fs", self._error, backoff)
             await asyncio.sleep(backoff * (1 + random.random()))
             backoff = min(MAX_BACKOFF, backoff * 2)
@@ -283,6 +282,9 @@ class RedisBroker:
                 if name == self.ctl and not self._connected:
                     self._connected = True
                     self._error = ""
+                    if self._ever_connected and self.metrics is not None:
+                        self.metrics.redis_reconnects.inc()
+                    self._ever_connected = True
                     if self._on_resync is not None:
                         self._on_resync()  # backfill whatever Redis may have lost
                 fut = self._confirm.pop(name, None) if name else None

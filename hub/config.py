@@ -56,6 +56,7 @@ class Settings:
     public_db: str = ""
     db_auth_token: str | None = None
     redis_url: str | None = None
+    redis_sharded: bool = False
     archive_url: str = ""
     secret: str = field(default="", repr=False)
     archive_delay: float = 0.0
@@ -95,6 +96,7 @@ class Settings:
             public_db=e.get("HUB_PUBLIC_DB", ""),
             db_auth_token=e.get("HUB_DB_AUTH_TOKEN") or None,
             redis_url=e.get("HUB_REDIS_URL") or None,
+            redis_sharded=(e.get("HUB_REDIS_SHARDED") or "").lower() in {"1", "true", "yes"},
             archive_url=e.get("HUB_ARCHIVE_URL", ""),
             secret=e.get("HUB_SECRET", ""),
             archive_delay=_float(e, "HUB_ARCHIVE_DELAY", 0.0),

@@ -184,7 +184,7 @@ def parse_draft(
         encoded = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         size = len(encoded.encode())
     except (ValueError, TypeError, RecursionError):
-        raise Unprocessable("payload must be plain JSON (no NaN, Infinity, lone surrogates)") from None
+        raise Unprocessable("payload must be plain JSON (no NaN, Infinity, bad text)") from None
     if size > max_payload_bytes:
         raise PayloadTooLarge(f"payload over {max_payload_bytes} bytes encoded")
     ts_given = draft.get("ts") is not None

@@ -62,11 +62,19 @@ class Node:
         self.store: Store = store or open_store(
             settings.streams_db, auth_token=settings.db_auth_token
         )
-        self.broker: Broker = broker or MemoryBroker()
+        self.broker: Broker = broker or self._default_broker()
         self.channels = Channels(self.broker)
         # Set by the app: where a driver's location frames go (the GPS service).
         self.location_sink: Callable[[str, float, float], Awaitable[bool]] | None = None
         self.archive: Archive | None = None  # set by the app; where archived streams are read
+
+    def _default_broker(self) -> Broker:
+        if self.settings.redis_url:
+            from hub.broker_redis import RedisBroker
+
+            return RedisBroker(self.settings.redis_url, sharded=self.settings.redis_sharded,
+                               metrics=self.metrics)  # fmt: skip
+        return MemoryBroker()
 
     async def start(self) -> None:
         await self.store.open()

@@ -250,6 +250,74 @@ class Orders:
         return {"orderId": order_id, "orderStatus": status,
                 "events": [json.loads(e.json) for e in events]}  # fmt: skip
 
+    # -- reads for the apps ------------------------------------------------------
+
+    async def menu(self, who: Principal, restaurant: str) -> dict[str, Any]:
+        """A restaurant's name, location and products with price and stock."""
+        check_tenant_id(restaurant)
+        if not self.tenants.exists(restaurant):
+            raise NotFound("no such restaurant")
+        node_id, lat, lng = await self._restaurant_node(restaurant)
+        db = self.tenants.tenant(restaurant)
+        r = await db.execute("SELECT title, payload FROM nodes WHERE id = ?", [node_id])
+        title, payload = r.rows[0]
+        r = await db.execute(
+            "SELECT n.id, n.title, n.payload, p.id, p.qty, p.price, p.currency, p.availability"
+            " FROM nodes n JOIN points p ON p.nodeId = n.id WHERE n.nodeType = 'product'"
+            " ORDER BY n.title LIMIT 500"
+        )
+        return {
+            "restaurant": restaurant, "nodeId": node_id, "name": title,
+            "address": json.loads(payload or "{}").get("address"),
+            "location": {"lat": lat, "lng": lng} if lat is not None else None,
+            "products": [
+                {"productId": pid, "title": t, "desc": json.loads(p or "{}").get("desc"),
+                 "pointId": pt, "stock": qty, "price": price, "currency": cur,
+                 "availability": av}
+                for pid, t, p, pt, qty, price, cur, av in r.rows
+            ],
+        }  # fmt: skip
+
+    async def details(self, who: Principal, order_id: str) -> dict[str, Any]:
+        """What the apps show of an order: parties, places, items, driver position."""
+        info = await self.node.read(who, order_id)
+        if info.archived:
+            archive = self.node.archive
+            events = (await archive.get(order_id) if archive is not None else None) or []
+        else:
+            events = await self.node.store.read_stream(order_id, 0, 1000)
+        state = OrderState(order_id, events)
+        _, lat, lng = await self._restaurant_node(state.restaurant)
+        menu = await self.tenants.tenant(state.restaurant).execute(
+            "SELECT title FROM nodes WHERE nodeType = 'restaurant' LIMIT 1")
+        where = None
+        if self.tenants.exists(state.customer):
+            # The order node's deliveryLocation, else the customer's own location.
+            r = await self.tenants.tenant(state.customer).execute(
+                "SELECT id, payload FROM nodes WHERE id IN (?, ?)", [order_id, state.customer])
+            found = {row[0]: json.loads(row[1] or "{}") for row in r.rows}
+            where = found.get(order_id, {}).get("deliveryLocation")
+            profile = found.get(state.customer, {})
+            if where is None and "lat" in profile and "lng" in profile:
+                where = {"lat": profile["lat"], "lng": profile["lng"]}
+        driver_at = None
+        if state.driver is not None and self.tenants.exists(state.driver):
+            r = await self.tenants.tenant(state.driver).execute(
+                "SELECT lat, lng FROM points WHERE nodeId = ? LIMIT 1", [state.driver])
+            if r.rows and r.rows[0][0] is not None:
+                driver_at = {"lat": r.rows[0][0], "lng": r.rows[0][1]}
+        return {
+            "orderId": order_id, "orderStatus": state.status,
+            "status": "archived" if info.archived else "active",
+            "customer": state.customer, "restaurant": state.restaurant,
+            "restaurantName": menu.rows[0][0] if menu.rows else state.restaurant,
+            "restaurantLocation": {"lat": lat, "lng": lng} if lat is not None else None,
+            "deliveryAddress": state.payload.get("deliveryAddress"),
+            "deliveryLocation": where, "items": state.items, "total": state.total,
+            "currency": CURRENCY, "driver": state.driver, "driverLocation": driver_at,
+            "lastSeq": info.last_seq,
+        }  # fmt: skip
+
     # -- Step 1 ------------------------------------------------------------------
 
     async def create(self, who: Principal, body: Any) -> dict[str, Any]:
@@ -263,6 +331,10 @@ class Orders:
         check_tenant_id(restaurant)
         address = _str(body, "deliveryAddress", max_len=300)
         notes = _str(body, "notes", required=False, max_len=500, default="")
+        where = body.get("deliveryLocation")
+        if where is not None:
+            dlat, dlng = lat_lng(where)
+            where = {"lat": dlat, "lng": dlng}
         order_id = body.get("orderId")
         if order_id is None:
             order_id = f"ord-{secrets.token_hex(5)}"
@@ -319,7 +391,8 @@ class Orders:
             "INSERT OR IGNORE INTO nodes (id, nodeType, title, createdAt, payload)"
             " VALUES (?, 'order', ?, ?, ?)",
             [order_id, f"Order {order_id}", ts,
-             json.dumps({"restaurant": restaurant, "items": items, "total": total})],
+             json.dumps({"restaurant": restaurant, "items": items, "total": total,
+                         **({"deliveryLocation": where} if where else {})})],
         )  # fmt: skip
         await rdb.execute(
             "INSERT OR IGNORE INTO nodes (id, nodeType, title, createdAt, payload)"

@@ -72,6 +72,10 @@ class Feed:
         self.fallback = True  # start by reading the store (the replay)
         self.wake = asyncio.Event()
         self._archived: list[Event] | None = None
+        self.resynced = False
+        # Inbox events of several instances may arrive out of pos order: read them
+        # from the store (in pos order) instead of trusting the live order.
+        self.hints_only = stream_id is None and not node.broker.ordered
 
     @property
     def channel(self) -> str:
@@ -91,6 +95,10 @@ class Feed:
                 self.notices.append(message)
         elif self.fallback:
             return  # the writer will read it from the store
+        elif self.hints_only:
+            if self.key(message) <= self.last:
+                return
+            self.fallback = True
         elif len(self.queue) >= self.queue_max:
             self.queue.clear()
             self.fallback = True
@@ -102,6 +110,7 @@ class Feed:
     def resync(self) -> None:
         self.queue.clear()
         self.fallback = True
+        self.resynced = True
         self.wake.set()
 
     async def read(self) -> list[Event]:
@@ -166,7 +175,10 @@ class Connection:
         feed = self.feed
         while True:
             feed.fallback = False
+            backfill, feed.resynced = feed.resynced, False
             rows = await feed.read()
+            if backfill and rows:
+                self.node.metrics.backfilled.inc(len(rows))
             for event in rows:
                 await self.send(event.frame)
                 feed.last = feed.key(event)
