@@ -60,7 +60,11 @@ HUB_CORE = "0"
 GEN_CORE = "1"
 NOTE = "x" * 120  # pads each event's payload to a realistic size (~400-byte frames)
 
-NODE_FLAGS: list[str] = []  # extra flags for the generator (--node-flag)
+PROFILE_RATE = os.environ.get("BENCH_PYSPY_RATE", "250")
+PROFILE_FORMAT = os.environ.get("BENCH_PYSPY_FORMAT", "raw")  # raw (collapsed stacks) | speedscope
+PROFILE_FLAGS = ["--format", PROFILE_FORMAT, *os.environ.get("BENCH_PYSPY_FLAGS", "").split()]
+NODE_FLAGS: list[str] = []
+QUIET_WAIT_S = 0.0  # --wait-quiet  # extra flags for the generator (--node-flag)
 
 TARGET_A_DELIVERIES = 50_000  # deliveries/s, one stream, 1,000 subscribers
 TARGET_B_P99_MS = 10.0  # p99 commit -> receipt, orders scenario
@@ -176,6 +180,33 @@ class Hub:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _busy_jiffies() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+    return busy, sum(v)
+
+
+def wait_quiet(limit_s: float, max_cores: float = 0.15, span_s: float = 3.0) -> str:
+    """Wait (up to ``limit_s``) for a ``span_s`` period when the machine is nearly idle.
+
+    Other work on the same cores (test suites, other benchmarks) distorts latency tails;
+    the figures printed per run say how much of it there was anyway.
+    """
+    t0 = time.monotonic()
+    ncpu = os.cpu_count() or 1
+    while True:
+        b0, a0 = _busy_jiffies()
+        time.sleep(span_s)
+        b1, a1 = _busy_jiffies()
+        cores = ncpu * (b1 - b0) / max(1, a1 - a0)
+        waited = time.monotonic() - t0
+        if cores <= max_cores:
+            return f"machine quiet ({cores:.2f} cores busy) after {waited:.0f} s"
+        if waited >= limit_s:
+            return f"machine NOT quiet ({cores:.2f} cores busy) after waiting {waited:.0f} s"
+
+
 def tokens_a(n: int) -> dict[str, Any]:
     toks = []
     for i in range(n):
@@ -216,6 +247,8 @@ def run_scenario(
     hub = Hub(log_level, hub_env, rev)
     gen: subprocess.Popen[bytes] | None = None
     try:
+        if QUIET_WAIT_S > 0:
+            print(f"scenario {name}: {wait_quiet(QUIET_WAIT_S)}", flush=True)
         try:
             hub.start()
         except RuntimeError as exc:
@@ -241,8 +274,8 @@ def run_scenario(
         spy = None
         if profile is not None:  # py-spy on the hub for the whole run (setup included)
             spy = subprocess.Popen(
-                [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--pid", str(hub.proc.pid), "--rate", "250",
-                 "--format", "raw", "-o", str(profile.with_suffix(f".{name}.txt"))],
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--pid", str(hub.proc.pid), "--rate", PROFILE_RATE,
+                 *PROFILE_FLAGS, "-o", str(profile.with_suffix(f".{name}.{PROFILE_FORMAT}"))],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         try:
@@ -255,6 +288,8 @@ def run_scenario(
         for line in out.decode(errors="replace").splitlines():
             if line.startswith('{"result"'):
                 result = json.loads(line)["result"]
+            else:
+                print(line, file=sys.stderr)
         result["hubMetrics"] = hub.metrics()
         if spy is not None:
             spy.send_signal(signal.SIGINT)
@@ -341,9 +376,41 @@ def report(r: dict[str, Any]) -> bool:
         f"  generator (core {GEN_CORE}): CPU {w['genCpuPct']:.0f}% ({w['genCpuS']:.1f} s), "
         f"event-loop delay p99 {fmt_ms(w['genLoopDelayP99Ms'])} ms, max {fmt_ms(w['genLoopDelayMaxMs'])} ms"
     )
+    print(
+        f"  machine during the window: core 0 busy {w['core0BusyPct']:.0f}%, core 1 busy "
+        f"{w['core1BusyPct']:.0f}%, other processes {w['othersCpuPct']:.0f}% of a core, "
+        f"steal {w['stealPct']:.1f}%"
+    )
     for e in v["errors"]:
         print(f"  subscriber error: {e}")
     return ok
+
+
+def header(rev: str | None) -> str:
+    """Date, machine and versions, for the record."""
+
+    def out(*cmd: str) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return "?"
+
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    if rev is not None:
+        hub = "git " + out("git", "-C", str(ROOT), "rev-parse", "--short", rev)
+    else:
+        dirty = out("git", "-C", str(ROOT), "status", "--porcelain", "--", "hub")
+        hub = "work tree at " + out("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD")
+        hub += " (hub/ modified)" if dirty else ""
+    return (
+        f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; {os.cpu_count()} cores, {model}; "
+        f"hub {hub}; Python {sys.version.split()[0]}; node {out('node', '--version')}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="run py-spy on the hub, writing collapsed stacks to PROFILE.<scenario>.txt")
     p.add_argument("--hub-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for the hub (diagnostics)")
+    p.add_argument("--wait-quiet", type=float, default=300, metavar="S",
+                   help="before each scenario wait up to S s for the machine to be idle (0: don't)")
     p.add_argument("--node-flag", action="append", default=[], help="extra flag for node")
     p.add_argument("--trace", type=Path, help="B: write [k, sent ms, round trip ms] per request")
     args = p.parse_args(argv)
@@ -376,8 +445,11 @@ def main(argv: list[str] | None = None) -> int:
     os.sched_setaffinity(0, {int(GEN_CORE)})  # this script stays off the hub's core
     ensure_loadgen()
 
+    print(header(args.hub_rev), flush=True)
     hub_env = dict(kv.split("=", 1) for kv in args.hub_env)
     NODE_FLAGS.extend(args.node_flag)
+    global QUIET_WAIT_S
+    QUIET_WAIT_S = args.wait_quiet
     results: list[dict[str, Any]] = []
     ok = True
     if args.scenario in ("A", "all"):

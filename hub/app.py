@@ -207,6 +207,11 @@ def create_app(settings: Settings, *, static_dir: Path | None = STATIC_DIR) -> S
         status = "ok" if not degraded else ("degraded" if ok else "failing")
         return JSONResponse({"status": status, "checks": checks}, status_code=200 if ok else 503)
 
+    async def openapi(request: Request) -> Response:
+        from hub.openapi import openapi_document
+
+        return JSONResponse(openapi_document())
+
     async def metrics(request: Request) -> Response:
         return Response(node.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -259,6 +264,7 @@ def create_app(settings: Settings, *, static_dir: Path | None = STATIC_DIR) -> S
         Route("/api/drivers/status", driver_status, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
         WebSocketRoute("/ws/streams/{stream_id}", StreamEndpoint(node)),
         WebSocketRoute("/ws/inbox", InboxEndpoint(node)),
     ]

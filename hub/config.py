@@ -70,6 +70,7 @@ class Settings:
     ws_stall_timeout: float = 30.0
     ws_queue_frames: int = 1024
     ws_max_frame_bytes: int = 64 << 10
+    ws_max_per_token: int = 256  # open sockets per tenant and role
 
     def __post_init__(self) -> None:
         # Fill the defaults that derive from data_dir.

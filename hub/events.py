@@ -29,6 +29,7 @@ __all__ = [
     "check_stream_id",
     "check_tenant_id",
     "format_ts",
+    "json_depth",
     "now_ts",
     "parse_draft",
     "parse_drafts",
@@ -37,6 +38,22 @@ __all__ = [
 TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 STREAM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
 _REF_MAX = 128  # nodeId / pointId length cap
+MAX_DEPTH = 32  # nesting levels of a payload
+
+
+def json_depth(value: object, limit: int = MAX_DEPTH) -> int:
+    """Nesting depth of a parsed JSON value, counting no further than ``limit + 1``."""
+    depth, level = 0, [value]
+    while level and depth <= limit:
+        depth += 1
+        nxt: list[object] = []
+        for v in level:
+            if isinstance(v, dict):
+                nxt.extend(v.values())
+            elif isinstance(v, list):
+                nxt.extend(v)
+        level = nxt
+    return depth - 1 if not level else depth
 
 
 class Opcode:
@@ -180,6 +197,8 @@ def parse_draft(
         payload = {}
     if not isinstance(payload, dict):
         raise Unprocessable("payload must be a JSON object")
+    if json_depth(payload) > MAX_DEPTH:
+        raise Unprocessable(f"payload nested deeper than {MAX_DEPTH} levels", code="too_deep")
     try:
         encoded = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         size = len(encoded.encode())

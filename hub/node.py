@@ -66,6 +66,7 @@ class Node:
         self.channels = Channels(self.broker)
         # Set by the app: where a driver's location frames go (the GPS service).
         self.location_sink: Callable[[str, float, float], Awaitable[bool]] | None = None
+        self.sockets_by_subject: dict[str, int] = {}  # "role:tenant" -> open sockets
         self.archive: Archive | None = None  # set by the app; where archived streams are read
 
     def _default_broker(self) -> Broker:

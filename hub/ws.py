@@ -46,7 +46,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 REPLAY_PAGE = 500  # events read from the store per page while replaying
 CONTROL_MAX = 64  # pongs and error frames waiting to be sent
 NOTICE_MAX = 64  # location frames waiting (oldest dropped first)
-MAX_CLIENT_FRAME = 64 << 10  # characters of one client frame
+MAX_CLIENT_FRAME = 64 << 10  # bytes (UTF-8) of one client frame
+CLOSE_WAIT = 60.0  # seconds a close may wait behind a full send buffer (4008 must get through)
 
 
 class Feed:
@@ -226,7 +227,7 @@ class Connection:
             if text is None:
                 self.push_control(error_frame("binary_frame", "frames must be JSON text"))
                 continue
-            if len(text) > MAX_CLIENT_FRAME:
+            if len(text) > MAX_CLIENT_FRAME or len(text.encode(errors="replace")) > MAX_CLIENT_FRAME:
                 self.push_control(error_frame("frame_too_large", "frame over 64 KiB"))
                 continue
             try:
@@ -323,8 +324,10 @@ class _Endpoint:
         finally:
             node.metrics.connections.dec()
         if code is not None:
+            # A stalled socket's buffer is full: the close frame waits its turn, so a
+            # client that reads again (before the keepalive gives up) still sees the code.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(send({"type": "websocket.close", "code": code}), 5)
+                await asyncio.wait_for(send({"type": "websocket.close", "code": code}), CLOSE_WAIT)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> int | None:
         node = self.node
@@ -333,6 +336,23 @@ class _Endpoint:
             who = decode_token(node.settings.secret, _token(scope, query))
         except HubError:
             return int(CloseCode.UNAUTHORIZED)
+        key = f"{who.role}:{who.tenant}"
+        open_now = node.sockets_by_subject.get(key, 0)
+        if open_now >= node.settings.ws_max_per_token:
+            return int(CloseCode.TOO_MANY)
+        node.sockets_by_subject[key] = open_now + 1
+        try:
+            return await self._subscribe(who, scope, query, send, receive)
+        finally:
+            left = node.sockets_by_subject[key] - 1
+            if left:
+                node.sockets_by_subject[key] = left
+            else:
+                del node.sockets_by_subject[key]
+
+    async def _subscribe(self, who: Principal, scope: Scope, query: dict[str, str],
+                         send: Send, receive: Receive) -> int | None:  # fmt: skip
+        node = self.node
         raw_since = query.get("since", "0") or "0"
         if not (raw_since.isascii() and raw_since.isdigit()) or len(raw_since) > 18:
             frame = error_frame("invalid_since", "since must be an integer >= 0")

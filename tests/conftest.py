@@ -96,11 +96,25 @@ class HubProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            return self.proc.wait(timeout(wait))
+            code = self.proc.wait(timeout(wait))
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
             raise
+        if sig == signal.SIGTERM:
+            self.check_clean_shutdown()
+        return code
+
+    # What a clean shutdown never prints: leaked tasks, unclosed resources, crashes.
+    LEAKS = ("Task was destroyed", "Exception ignored", "ResourceWarning",
+             "coroutine was never awaited", "Traceback (most recent call last)")  # fmt: skip
+
+    def check_clean_shutdown(self) -> None:
+        """Fail if the hub's log shows a leaked task, an unclosed resource or a crash."""
+        text = self.log()
+        found = [marker for marker in self.LEAKS if marker in text]
+        if found:
+            raise AssertionError(f"hub log shows {found}:\n{text[-4000:]}")
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
@@ -126,3 +140,75 @@ def hub_factory(tmp_path: Path) -> Iterator[Callable[..., HubProcess]]:
 def hub(hub_factory: Callable[..., HubProcess]) -> HubProcess:
     """One running hub on a fresh data dir."""
     return hub_factory()
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free port, no persistence (``--save "" --appendonly no``).
+
+    ``stop()`` then ``start()`` restarts it on the same port (an outage the hubs must survive).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = directory / f"redis-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, wait: float = 10.0) -> RedisServer:
+        import shutil
+
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.log_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout(wait)
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited early:\n{self.log()}")
+            try:
+                if self.command("PING") is True:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not answer PING:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def command(self, *args: str | int) -> object:
+        """Run one command on a fresh connection (redis-py's reply parsing, bytes kept)."""
+        import redis
+
+        try:
+            with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout(5),
+                             socket_connect_timeout=timeout(2)) as client:  # fmt: skip
+                return client.execute_command(*args)
+        except redis.ConnectionError as exc:
+            raise OSError(str(exc)) from exc
+
+    def stop(self, sig: int = signal.SIGTERM, wait: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout(wait))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A running redis-server for this test, stopped at teardown."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()

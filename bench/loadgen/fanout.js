@@ -47,10 +47,28 @@ function procSample(pid) {
   }
 }
 
+function cpuStat() {
+  // per-core busy/steal jiffies from /proc/stat
+  const out = {};
+  try {
+    for (const line of fs.readFileSync('/proc/stat', 'utf8').split('\n')) {
+      if (!line.startsWith('cpu')) continue;
+      const f = line.trim().split(/\s+/);
+      const v = f.slice(1).map(Number);
+      // user nice system idle iowait irq softirq steal
+      out[f[0]] = { busy: v[0] + v[1] + v[2] + v[5] + v[6] + v[7], steal: v[7], all: v.slice(0, 8).reduce((a, b) => a + b, 0) };
+    }
+  } catch (e) {
+    /* not Linux */
+  }
+  return out;
+}
+
 class Window {
   // CPU of the hub and of this process between start() and stop(), with 250 ms samples.
   start() {
     this.hub0 = procSample(cfg.hubPid);
+    this.stat0 = cpuStat();
     this.self0 = process.cpuUsage();
     this.t0 = performance.now();
     this.samples = [this.hub0];
@@ -65,6 +83,7 @@ class Window {
     clearInterval(this.timer);
     this.eld.disable();
     const hub1 = procSample(cfg.hubPid);
+    const stat1 = cpuStat();
     this.samples.push(hub1);
     const wall = (performance.now() - this.t0) / 1000;
     const self = process.cpuUsage(this.self0);
@@ -77,6 +96,8 @@ class Window {
       if (j < s.length) peak = Math.max(peak, (s[j].cpu - s[i].cpu) / ((s[j].t - s[i].t) / 1000));
     }
     const hubCpu = hub1 && this.hub0 ? hub1.cpu - this.hub0.cpu : NaN;
+    const pct = (k, f) => (this.stat0[k] && stat1[k] ? (100 * (stat1[k][f] - this.stat0[k][f])) / (stat1[k].all - this.stat0[k].all) : NaN);
+    const machineBusyS = this.stat0.cpu && stat1.cpu ? (stat1.cpu.busy - this.stat0.cpu.busy) / CLK_TCK : NaN;
     return {
       wallS: wall,
       hubCpuS: hubCpu,
@@ -88,6 +109,11 @@ class Window {
       hubRssHwmMB: hub1 ? hub1.hwm / 2 ** 20 : NaN,
       genCpuS: selfCpu,
       genCpuPct: (100 * selfCpu) / wall,
+      core0BusyPct: pct('cpu0', 'busy'),
+      core1BusyPct: pct('cpu1', 'busy'),
+      stealPct: pct('cpu', 'steal'),
+      // CPU used by everything else on the machine (other processes, kernel threads), % of one core
+      othersCpuPct: (100 * (machineBusyS - hubCpu - selfCpu)) / wall,
       genLoopDelayP99Ms: this.eld.percentile(99) / 1e6 - 2,
       genLoopDelayMaxMs: this.eld.max / 1e6 - 2,
     };
@@ -423,7 +449,13 @@ async function scenarioB() {
   const start = performance.now() + 10;
   const interval = 1000 / rate;
   let k = 0;
-  const pending = [];
+  let sendingDone = false;
+  let settledAll = null; // resolves when the last request has been answered
+  const allAnswered = new Promise((r) => (settledAll = r));
+  const answered = () => {
+    inFlight--;
+    if (inFlight === 0 && sendingDone) settledAll();
+  };
   await new Promise((resolveAll) => {
     const tick = () => {
       const now = performance.now();
@@ -434,27 +466,25 @@ async function scenarioB() {
         const t = performance.now();
         inFlight++;
         maxInFlight = Math.max(maxInFlight, inFlight);
-        pending.push(
-          post(`/api/streams/${ids[i]}/events`, cfg.b.restaurantTokens[i], {
-            opcode: 303,
-            nodeId: 'node-bench',
-            payload: { t, k: kk, note: cfg.note },
-          }).then(
-            (r) => {
-              inFlight--;
-              rtt.push(performance.now() - t);
-              if (trace) trace.push([kk, t - start, performance.now() - t]);
-              if (r.status !== 201) {
-                bad++;
-                if (bad < 3) log(`append ${r.status} ${r.body.slice(0, 200)}`);
-              }
-            },
-            (e) => {
-              inFlight--;
+        post(`/api/streams/${ids[i]}/events`, cfg.b.restaurantTokens[i], {
+          opcode: 303,
+          nodeId: 'node-bench',
+          payload: { t, k: kk, note: cfg.note },
+        }).then(
+          (r) => {
+            answered();
+            rtt.push(performance.now() - t);
+            if (trace) trace.push([kk, t - start, performance.now() - t]);
+            if (r.status !== 201) {
               bad++;
-              if (bad < 3) log(`append error ${e.message}`);
-            },
-          ),
+              if (bad < 3) log(`append ${r.status} ${r.body.slice(0, 200)}`);
+            }
+          },
+          (e) => {
+            answered();
+            bad++;
+            if (bad < 3) log(`append error ${e.message}`);
+          },
         );
         k++;
       }
@@ -464,7 +494,8 @@ async function scenarioB() {
     tick();
   });
   const tSent = performance.now();
-  await Promise.all(pending);
+  sendingDone = true;
+  if (inFlight > 0) await allAnswered;
   const allIn = await waitDelivered(subs, () => baseSeq + perStream);
   if (trace) fs.writeFileSync(cfg.traceFile, JSON.stringify(trace));
   let tLast = 0;

@@ -1,0 +1,345 @@
+// Shared pieces of the three apps: tokens from the URL fragment, problem messages, the
+// connection pill, small DOM helpers and the SVG map. No dependencies, no build step.
+
+import { HubApi, State, tokenInfo } from "./hub-client.js";
+
+// -- tokens ----------------------------------------------------------------------------
+
+/** The URL fragment's parameters (`#token=...&gps=sim`). */
+export function fragment() {
+  return new URLSearchParams(location.hash.replace(/^#/, ""));
+}
+
+/**
+ * The page's token: from `#token=` (then kept in sessionStorage under the page's name and
+ * removed from the address bar), else from sessionStorage. Returns {token, params, info}.
+ */
+export function loadToken(page) {
+  const params = fragment();
+  const key = `hub:token:${page}`;
+  let token = params.get("token");
+  if (token) {
+    try {
+      sessionStorage.setItem(key, token);
+    } catch {
+      // storage disabled: the token lives as long as the page
+    }
+    params.delete("token");
+    const rest = params.toString();
+    history.replaceState(history.state, "", location.pathname + location.search + (rest ? `#${rest}` : ""));
+  } else {
+    try {
+      token = sessionStorage.getItem(key);
+    } catch {
+      token = null;
+    }
+  }
+  return { token: token || null, params, info: token ? tokenInfo(token) : null };
+}
+
+export function forgetToken(page) {
+  try {
+    sessionStorage.removeItem(`hub:token:${page}`);
+  } catch {
+    // nothing stored
+  }
+}
+
+// -- DOM -------------------------------------------------------------------------------
+
+/** `h("li", {class: "x", onclick: f}, "text", child)`: an element. */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs ?? {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else if (k === "dataset") Object.assign(el.dataset, v);
+    else if (k in el && typeof v !== "string") el[k] = v;
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+export const $ = (sel, root = document) => root.querySelector(sel);
+
+export function money(amount, currency = "AED") {
+  const n = Number(amount);
+  return `${Number.isFinite(n) ? n.toFixed(2) : "–"} ${currency}`;
+}
+
+export function clock(ts) {
+  const d = ts ? new Date(ts) : new Date();
+  return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+
+let toastTimer = null;
+/** A short message at the bottom of the page. */
+export function toast(message, kind = "info") {
+  let el = $("#toast");
+  if (!el) {
+    el = h("div", { id: "toast", role: "status", "aria-live": "polite" });
+    document.body.append(el);
+  }
+  el.textContent = message;
+  el.dataset.kind = kind;
+  el.classList.add("show");
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => el.classList.remove("show"), 4000);
+}
+
+// -- problems (missing, expired, invalid or denied token; wrong page) ------------------
+
+const HOW_TO_GET = "Use a link printed by `hub demo`, or make a token with "
+  + "`hub token TENANT --role ROLE` and open this page with #token=… at the end of its address.";
+
+/**
+ * Show a problem prominently. kind: missing | expired | invalid | denied | role | error.
+ * `blocking` hides the app (nothing can work without a valid token).
+ */
+export function showProblem(kind, message, { blocking = true, hint } = {}) {
+  const box = $("#problem");
+  const titles = {
+    missing: "No access token",
+    expired: "Your access token has expired",
+    invalid: "This access token is not valid",
+    denied: "Access denied",
+    role: "Wrong kind of token for this page",
+    error: "Something went wrong",
+  };
+  box.replaceChildren(
+    h("strong", {}, titles[kind] ?? titles.error),
+    h("p", {}, message),
+    hint === null ? null : h("p", { class: "hint" }, hint ?? HOW_TO_GET),
+  );
+  box.dataset.problem = kind;
+  box.hidden = false;
+  if (blocking) {
+    const main = $("main");
+    if (main) main.hidden = true;
+  }
+}
+
+export function clearProblem() {
+  const box = $("#problem");
+  box.hidden = true;
+  delete box.dataset.problem;
+}
+
+function who(info) {
+  return info ? `${info.role ?? "?"} “${info.sub ?? "?"}”` : "this token";
+}
+
+/** Turn an HTTP error into a shown problem; returns true when it was an auth problem. */
+export function authProblem(err, info, what = "this") {
+  if (err?.status === 401) {
+    if (err.code === "token_expired" || info?.expired) {
+      showProblem("expired", `The hub refused the token (401 ${err.code}): it expired${
+        info?.exp ? ` at ${new Date(info.exp * 1000).toLocaleString()}` : ""}.`);
+    } else {
+      showProblem("invalid", `The hub refused the token (401 ${err.code}): ${err.message}.`);
+    }
+    return true;
+  }
+  if (err?.status === 403) {
+    showProblem("denied", `The hub refused (403 ${err.code}): ${who(info)} may not see ${what}.`,
+      { hint: "Use a token of a tenant that takes part in it." });
+    return true;
+  }
+  return false;
+}
+
+/** Show the problem for a socket that ended in the `denied` state (4401 / 4403). */
+export function socketProblem(detail, info, what = "this") {
+  if (detail.code === 4401) {
+    if (info?.expired) showProblem("expired", "The hub closed the connection (4401): the token has expired.");
+    else showProblem("invalid", "The hub closed the connection (4401): it does not accept this token.");
+  } else {
+    showProblem("denied", `The hub closed the connection (4403): ${who(info)} may not see ${what}.`,
+      { hint: "Use a token of a tenant that takes part in it." });
+  }
+}
+
+/**
+ * The page's start: a token of one of `roles`, else a problem is shown and null returned.
+ * Returns {token, info, params, api}.
+ */
+export function startPage(page, roles, roleName) {
+  const { token, params, info } = loadToken(page);
+  if (!token) {
+    showProblem("missing", `This page needs a ${roleName} token in its address (…/${page}.html#token=…).`);
+    return null;
+  }
+  if (!info) {
+    showProblem("invalid", "The token in the address is not a JWT (it may have been cut short when copied).");
+    return null;
+  }
+  if (info.expired) {
+    showProblem("expired", `The token for ${who(info)} expired at ${new Date(info.exp * 1000).toLocaleString()}.`);
+    return null;
+  }
+  if (!roles.includes(info.role)) {
+    showProblem("role", `This page needs a ${roleName} token, but this one is for ${who(info)}.`);
+    return null;
+  }
+  const tenant = $("#tenant");
+  if (tenant) tenant.textContent = info.sub;
+  return { token, info, params, api: new HubApi(token) };
+}
+
+// -- the connection pill ---------------------------------------------------------------
+
+const LABELS = {
+  [State.CONNECTING]: "connecting…",
+  [State.LIVE]: "live",
+  [State.RECONNECTING]: "reconnecting…",
+  [State.DENIED]: "denied",
+  [State.CLOSED]: "closed",
+};
+
+/** Keep `el` showing the state of `socket` (rebinding to another socket drops the old one). */
+export function bindPill(el, socket) {
+  el._unbind?.();
+  const show = (state, detail = {}) => {
+    el.dataset.state = state;
+    let text = LABELS[state] ?? state;
+    if (state === State.RECONNECTING && detail.delay) text = `reconnecting in ${Math.ceil(detail.delay / 1000)} s…`;
+    if (state === State.CLOSED && detail.archived) text = "closed (archived)";
+    el.textContent = text;
+    el.title = detail.code ? `close code ${detail.code}${detail.reason ? `: ${detail.reason}` : ""}` : "";
+  };
+  const listener = (e) => show(e.detail.state, e.detail);
+  socket.addEventListener("state", listener);
+  el._unbind = () => socket.removeEventListener("state", listener);
+  show(socket.state);
+}
+
+// -- the map (SVG, no tiles) -----------------------------------------------------------
+
+const SVGNS = "http://www.w3.org/2000/svg";
+function s(tag, attrs = {}) {
+  const el = document.createElementNS(SVGNS, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
+  return el;
+}
+
+/**
+ * A small map of one delivery: restaurant, delivery point, driver (with its trail).
+ * Coordinates are projected equirectangularly onto a 400×240 box around the points.
+ */
+export class DeliveryMap {
+  constructor(svg) {
+    this.svg = svg;
+    this.W = 400;
+    this.H = 240;
+    svg.setAttribute("viewBox", `0 0 ${this.W} ${this.H}`);
+    svg.setAttribute("role", "img");
+    this.points = { restaurant: null, delivery: null, driver: null };
+    this.trail = [];
+    this.frame = null;
+    this.render();
+  }
+
+  set(name, where) {
+    const ok = where && Number.isFinite(Number(where.lat)) && Number.isFinite(Number(where.lng));
+    this.points[name] = ok ? { lat: Number(where.lat), lng: Number(where.lng) } : null;
+    if (name === "driver" && ok) {
+      const last = this.trail.at(-1);
+      if (!last || last.lat !== this.points.driver.lat || last.lng !== this.points.driver.lng) {
+        this.trail.push(this.points.driver);
+        if (this.trail.length > 400) this.trail.shift();
+      }
+    }
+    if (name === "driver" && !ok) this.trail = [];
+    this.render();
+  }
+
+  _fit() {
+    const pts = Object.values(this.points).filter(Boolean);
+    if (!pts.length) return null;
+    let minLat = Math.min(...pts.map((p) => p.lat));
+    let maxLat = Math.max(...pts.map((p) => p.lat));
+    let minLng = Math.min(...pts.map((p) => p.lng));
+    let maxLng = Math.max(...pts.map((p) => p.lng));
+    const f = this.frame;
+    // Keep the frame while the points stay inside it (a steady map, a moving dot).
+    if (f && minLat >= f.minLat && maxLat <= f.maxLat && minLng >= f.minLng && maxLng <= f.maxLng
+      && f.n === pts.length) return f;
+    const k = Math.cos(((minLat + maxLat) / 2) * Math.PI / 180);
+    let dLat = Math.max(maxLat - minLat, 0.01);
+    let dLng = Math.max((maxLng - minLng) * k, 0.01);
+    // Match the box's aspect ratio, then pad.
+    const aspect = this.W / this.H;
+    if (dLng / dLat < aspect) dLng = dLat * aspect;
+    else dLat = dLng / aspect;
+    const cLat = (minLat + maxLat) / 2;
+    const cLng = (minLng + maxLng) / 2;
+    const pad = 1.5;
+    minLat = cLat - (dLat * pad) / 2;
+    maxLat = cLat + (dLat * pad) / 2;
+    minLng = cLng - (dLng * pad) / (2 * k);
+    maxLng = cLng + (dLng * pad) / (2 * k);
+    this.frame = { minLat, maxLat, minLng, maxLng, n: pts.length };
+    return this.frame;
+  }
+
+  xy(p) {
+    const f = this.frame;
+    const x = ((p.lng - f.minLng) / (f.maxLng - f.minLng)) * this.W;
+    const y = ((f.maxLat - p.lat) / (f.maxLat - f.minLat)) * this.H;
+    return [Math.round(x * 10) / 10, Math.round(y * 10) / 10];
+  }
+
+  render() {
+    const svg = this.svg;
+    const frame = this._fit();
+    svg.replaceChildren();
+    const defs = s("defs");
+    const pat = s("pattern", { id: `${svg.id}-grid`, width: 20, height: 20, patternUnits: "userSpaceOnUse" });
+    pat.append(s("path", { d: "M 20 0 L 0 0 0 20", fill: "none", class: "map-grid" }));
+    defs.append(pat);
+    svg.append(defs, s("rect", { x: 0, y: 0, width: this.W, height: this.H, fill: `url(#${svg.id}-grid)`, class: "map-bg" }));
+    if (!frame) {
+      const t = s("text", { x: this.W / 2, y: this.H / 2, "text-anchor": "middle", class: "map-empty" });
+      t.textContent = "no places yet";
+      svg.append(t);
+      return;
+    }
+    const { restaurant, delivery, driver } = this.points;
+    if (restaurant && delivery) {
+      const [x1, y1] = this.xy(restaurant);
+      const [x2, y2] = this.xy(delivery);
+      svg.append(s("line", { x1, y1, x2, y2, class: "map-route" }));
+    }
+    if (this.trail.length > 1) {
+      svg.append(s("polyline", {
+        points: this.trail.map((p) => this.xy(p).join(",")).join(" "),
+        class: "map-trail", id: "driver-trail",
+      }));
+    }
+    const place = (p, id, cls, label, glyph) => {
+      const [x, y] = this.xy(p);
+      const g = s("g", { class: cls, id });
+      g.append(s("circle", { cx: x, cy: y, r: 9 }));
+      const icon = s("text", { x, y: y + 4, "text-anchor": "middle", class: "map-glyph" });
+      icon.textContent = glyph;
+      const text = s("text", { x, y: y + 22, "text-anchor": "middle", class: "map-label" });
+      text.textContent = label;
+      g.append(icon, text);
+      svg.append(g);
+    };
+    if (restaurant) place(restaurant, "map-restaurant", "map-restaurant", "restaurant", "R");
+    if (delivery) place(delivery, "map-delivery", "map-delivery", "delivery", "D");
+    if (driver) {
+      const [x, y] = this.xy(driver);
+      const dot = s("circle", { id: "driver-dot", cx: x, cy: y, r: 7, class: "map-driver" });
+      const label = s("text", { x, y: y - 12, "text-anchor": "middle", class: "map-label map-driver-label" });
+      label.textContent = "driver";
+      svg.append(dot, label);
+    }
+  }
+}

@@ -1,0 +1,686 @@
+"""Hub instances linked through a real Redis (CONTRACT §5, "The guarantee"): cross-instance
+delivery and its latency, concurrent writers on two instances, a Redis outage, killed
+pub/sub connections, per-channel subscriptions and resume on another instance.
+
+Every test starts its own ``redis-server`` and two hubs (A and B) sharing one streams DB
+file; every scenario runs with plain pub/sub and with sharded pub/sub
+(``HUB_REDIS_SHARDED=1``, SSUBSCRIBE/SPUBLISH). Random choices come from one seeded RNG
+per test: the seed is printed (shown when a test fails) and ``HUB_TEST_SEED=N`` replays it.
+Latency figures are printed (``pytest -s`` shows them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import statistics
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from tests.conftest import HubProcess, RedisServer, auth, timeout
+
+Frame = dict[str, Any]
+
+PLATFORM = auth("ops", "platform")
+RESTAURANT = "bab-hara"
+KITCHEN = auth(RESTAURANT, "restaurant")
+NOTE = 'شاورما ✓ "quoted" \\ end'  # non-ASCII and escapes: survives the trip through Redis
+
+
+# -- fixtures and helpers ----------------------------------------------------------------------
+
+
+@dataclass
+class Pair:
+    """Two hubs (A, B) on one streams DB file, linked by one redis-server."""
+
+    redis: RedisServer
+    a: HubProcess
+    b: HubProcess
+    sharded: bool
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    seed = int(os.environ.get("HUB_TEST_SEED") or random.randrange(1 << 32))
+    print(f"HUB_TEST_SEED={seed}")
+    return random.Random(seed)
+
+
+def health_of(hub: HubProcess) -> tuple[int, Frame]:
+    r = httpx.get(hub.url + "/healthz", timeout=timeout(5), trust_env=False)
+    return r.status_code, r.json()
+
+
+@pytest.fixture(params=[False, True], ids=["pubsub", "sharded"])
+def pair(
+    request: pytest.FixtureRequest,
+    redis_server: RedisServer,
+    hub_factory: Callable[..., HubProcess],
+    tmp_path: Path,
+) -> Pair:
+    """Hubs A and B with ``HUB_REDIS_URL`` (and ``HUB_REDIS_SHARDED``), both linked."""
+    env = {"HUB_REDIS_URL": redis_server.url}
+    if request.param:
+        env["HUB_REDIS_SHARDED"] = "1"
+    a = hub_factory(tmp_path / "data", env)
+    b = hub_factory(tmp_path / "data", env)
+    for hub in (a, b):  # healthy is not enough: wait until the broker is connected
+        deadline = time.monotonic() + timeout(10)
+        while (got := health_of(hub)) != (200, {"status": "ok", "checks": ANY_OK}):
+            assert time.monotonic() < deadline, f"hub {hub.port} never linked: {got}"
+            time.sleep(0.02)
+    return Pair(redis_server, a, b, request.param)
+
+
+class _AllOk(dict[str, str]):
+    """Compares equal to any checks mapping whose every value is "ok"."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, dict) and all(v == "ok" for v in other.values())
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+ANY_OK = _AllOk()
+
+
+def new_sid(prefix: str = "order") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def order(customer: str, restaurant: str = RESTAURANT) -> Frame:
+    """An ORDER_CREATE draft naming ``customer`` and ``restaurant`` (both become members)."""
+    return {"opcode": 501, "payload": {"customer": customer, "restaurant": restaurant}}
+
+
+def note(i: int, **extra: Any) -> Frame:
+    return {"opcode": 203, "delta": 12.5, "payload": {"i": i, "note": NOTE, **extra}}
+
+
+@asynccontextmanager
+async def http(hub: HubProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=hub.url, timeout=timeout(30), trust_env=False) as c:
+        yield c
+
+
+async def health(c: httpx.AsyncClient) -> tuple[int, Frame]:
+    r = await c.get("/healthz")
+    return r.status_code, r.json()
+
+
+async def health_becomes(
+    c: httpx.AsyncClient, ok: Callable[[tuple[int, Frame]], bool], seconds: float
+) -> tuple[int, Frame]:
+    """Poll /healthz until ``ok((status, body))``; returns the answer that satisfied it."""
+    deadline = time.monotonic() + timeout(seconds)
+    while not ok(got := await health(c)):
+        assert time.monotonic() < deadline, f"/healthz of {c.base_url} stays {got}"
+        await asyncio.sleep(0.05)
+    return got
+
+
+async def metrics(c: httpx.AsyncClient) -> dict[str, float]:
+    """GET /metrics as {series: value}."""
+    r = await c.get("/metrics")
+    assert r.status_code == 200, r.text
+    out: dict[str, float] = {}
+    for line in r.text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+async def eventually(ok: Callable[[], bool], seconds: float, what: Callable[[], str]) -> float:
+    """Wait until ``ok()`` holds; returns how long it took (fails after ``seconds``)."""
+    start = time.monotonic()
+    deadline = start + timeout(seconds)
+    while not ok():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout(seconds):.0f}s: {what()}")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
+class Log:
+    """Every event the hubs acknowledged, with when its request was sent and answered."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, Frame] = {}
+        self.sent: dict[str, float] = {}
+        self.acked: dict[str, float] = {}
+
+    async def append(
+        self, c: httpx.AsyncClient, stream_id: str, drafts: list[Frame], headers: Any = PLATFORM
+    ) -> list[Frame]:
+        t0 = time.monotonic()
+        r = await c.post(f"/api/streams/{stream_id}/events", json={"events": drafts},
+                         headers=headers)  # fmt: skip
+        t1 = time.monotonic()
+        assert r.status_code == 201, (r.status_code, r.text)
+        events: list[Frame] = r.json()["events"]
+        assert len(events) == len(drafts)
+        for e in events:
+            self.events[e["id"]] = e
+            self.sent[e["id"]], self.acked[e["id"]] = t0, t1
+        return events
+
+    def stream(self, stream_id: str) -> list[Frame]:
+        return sorted((e for e in self.events.values() if e["streamId"] == stream_id),
+                      key=lambda e: e["seq"])  # fmt: skip
+
+    def by_pos(self, stream_ids: set[str] | None = None) -> list[Frame]:
+        """Events of ``stream_ids`` (all when None) in pos order: an inbox's expected feed."""
+        return sorted((e for e in self.events.values()
+                       if stream_ids is None or e["streamId"] in stream_ids),
+                      key=lambda e: e["pos"])  # fmt: skip
+
+
+def ws(hub: HubProcess, path: str, headers: dict[str, str]) -> connect:
+    return connect(hub.ws_url + path, additional_headers=headers, compression=None, proxy=None,
+                   open_timeout=timeout(10), close_timeout=timeout(5))  # fmt: skip
+
+
+class Sub:
+    """A subscriber on one hub: a task reads every frame, recording each event and its
+    arrival time; ``async with`` returns once the ``live`` frame came."""
+
+    def __init__(
+        self, name: str, hub: HubProcess, path: str, headers: dict[str, str], since: int = 0
+    ) -> None:
+        self.name, self.hub, self.path, self.headers, self.since = name, hub, path, headers, since
+        self.key = "seq" if path.startswith("/ws/streams/") else "pos"
+        self.events: list[Frame] = []
+        self.arrived: dict[str, float] = {}
+        self.lives: list[tuple[int, Frame]] = []  # (events before it, the frame)
+        self.other: list[Frame] = []
+        self.closed: BaseException | None = None
+        self.conn: ClientConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<{self.name} on :{self.hub.port} {self.key}={self.last} n={len(self.events)}>"
+
+    @property
+    def last(self) -> int:
+        return int(self.events[-1][self.key]) if self.events else self.since
+
+    async def __aenter__(self) -> Sub:
+        self.conn = await ws(self.hub, f"{self.path}?since={self.since}", self.headers)
+        self._task = asyncio.create_task(self._read())
+        await eventually(lambda: bool(self.lives) or self._task is None or self._task.done(), 10,
+                         lambda: f"{self}: no live frame")  # fmt: skip
+        assert self.lives, f"{self}: closed before its live frame: {self.closed!r}"
+        return self
+
+    async def _read(self) -> None:
+        assert self.conn is not None
+        try:
+            async for raw in self.conn:
+                now = time.monotonic()
+                frame = json.loads(raw)
+                kind = frame.get("type")
+                if kind == "event":
+                    self.events.append({k: v for k, v in frame.items() if k != "type"})
+                    self.arrived.setdefault(frame["id"], now)
+                elif kind == "live":
+                    self.lives.append((len(self.events), frame))
+                elif kind != "location":
+                    self.other.append(frame)
+        except websockets.ConnectionClosed as exc:
+            self.closed = exc
+
+    async def close(self, *, abort: bool = False) -> None:
+        if self.conn is not None:
+            if abort:
+                self.conn.transport.abort()
+            await self.conn.close()
+        if self._task is not None:
+            await self._task
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def reaches(self, last: int, seconds: float = 15) -> float:
+        """Wait until the last key received is ``last``; returns how long it took."""
+        return await eventually(lambda: self.last >= last, seconds,
+                                lambda: f"{self} still short of {self.key}={last}")  # fmt: skip
+
+    def check(self, expected: list[Frame]) -> None:
+        """Received exactly ``expected`` (whole events: seq/pos as committed), once, in order."""
+        got = [e["id"] for e in self.events]
+        want = [e["id"] for e in expected]
+        if got != want:
+            counts = Counter(got)
+            at = next((i for i, (g, w) in enumerate(zip(got, want, strict=False)) if g != w),
+                      min(len(got), len(want)))  # fmt: skip
+            pytest.fail(
+                f"{self}: got {len(got)} events, want {len(want)}; "
+                f"repeated {sum(n > 1 for n in counts.values())}, "
+                f"missing {len(set(want) - set(got))}, extra {len(set(got) - set(want))}; "
+                f"first difference at #{at}: keys got "
+                f"{[e[self.key] for e in self.events[max(0, at - 2) : at + 3]]} want "
+                f"{[e[self.key] for e in expected[max(0, at - 2) : at + 3]]}"
+            )
+        assert self.events == expected, f"{self}: an event differs from the committed one"
+        assert not self.other, f"{self}: unexpected frames {self.other[:3]}"
+        assert len(self.lives) == 1, f"{self}: live frames {self.lives}"
+        before, frame = self.lives[0]
+        at_live = int(self.events[before - 1][self.key]) if before else self.since
+        assert frame[self.key] == at_live, f"{self}: {frame} after {self.key}={at_live}"
+
+
+def expect_all(subs: list[Sub], log: Log, stream_ids: dict[str, set[str] | None]) -> None:
+    """Check each subscriber against the log: a stream socket gets its stream by seq, an inbox
+    gets its tenant's streams (``stream_ids[name]``, None: every stream) by pos."""
+    for sub in subs:
+        if sub.key == "seq":
+            sub.check(log.stream(sub.path.rsplit("/", 1)[1]))
+        else:
+            sub.check(log.by_pos(stream_ids[sub.name]))
+
+
+def percentiles(values: list[float]) -> str:
+    ms = sorted(v * 1000 for v in values)
+    q = statistics.quantiles(ms, n=100, method="inclusive") if len(ms) > 1 else ms * 99
+    return f"p50 {q[49]:6.1f} ms  p95 {q[94]:6.1f} ms  max {ms[-1]:6.1f} ms  (n={len(ms)})"
+
+
+async def store_stream(c: httpx.AsyncClient, stream_id: str) -> list[Frame]:
+    """The stream as the store holds it (GET, platform)."""
+    r = await c.get(f"/api/streams/{stream_id}", params={"limit": 10_000}, headers=PLATFORM)
+    assert r.status_code == 200, r.text
+    events: list[Frame] = r.json()["events"]
+    return events
+
+
+async def settle(subs: list[Sub], finals: list[int], seconds: float = 15) -> None:
+    """Wait for every subscriber to reach its final key, then a little more for strays."""
+    for sub, final in zip(subs, finals, strict=True):
+        await sub.reaches(final, seconds)
+    await asyncio.sleep(0.3)
+
+
+# -- 1: cross-instance delivery and latency ----------------------------------------------------
+
+
+async def test_events_reach_every_subscriber_on_the_other_instance(pair: Pair) -> None:
+    """Events written on A (some on B) reach B's stream, member-inbox and platform-inbox
+    subscribers once, in order, as committed, within a small latency."""
+    sid = new_sid()
+    log = Log()
+    async with http(pair.a) as ca, http(pair.b) as cb, AsyncExitStack() as stack:
+        await log.append(ca, sid, [order("ali")])
+        subs = [
+            await stack.enter_async_context(Sub(name, hub, path, headers))
+            for name, hub, path, headers in (
+                ("stream@B", pair.b, f"/ws/streams/{sid}", auth("ali", "customer")),
+                ("kitchen@B", pair.b, "/ws/inbox", KITCHEN),
+                ("platform@B", pair.b, "/ws/inbox", PLATFORM),
+                ("ali@B", pair.b, "/ws/inbox", auth("ali", "customer")),
+                ("stream@A", pair.a, f"/ws/streams/{sid}", PLATFORM),  # baseline: local
+            )
+        ]
+        for i in range(60):
+            await log.append(cb if i % 5 == 4 else ca, sid, [note(i)])
+            await asyncio.sleep(0.02)
+        final = log.stream(sid)[-1]
+        await settle(subs, [final["seq"] if s.key == "seq" else final["pos"] for s in subs])
+
+    expect_all(subs, log, {"kitchen@B": None, "platform@B": None, "ali@B": None})
+    assert [e["seq"] for e in subs[0].events] == list(range(1, 62))
+    mode = "sharded" if pair.sharded else "pubsub"
+    written_on_a = [e for i, e in enumerate(log.stream(sid)[1:]) if i % 5 != 4]
+    for sub in subs:
+        lat = [sub.arrived[e["id"]] - log.sent[e["id"]] for e in written_on_a]
+        print(f"latency {mode:7} written on A -> {sub.name:10}: {percentiles(lat)}")
+        assert statistics.median(lat) < timeout(0.1), (sub, percentiles(lat))
+        assert max(lat) < timeout(1.0), (sub, percentiles(lat))
+
+
+# -- 2: concurrent writers on two instances ----------------------------------------------------
+
+
+async def test_writers_on_both_instances_keep_seq_gap_free_and_feeds_exact(
+    pair: Pair, rng: random.Random
+) -> None:
+    """4 writers on A and 4 on B (400 events, two streams): seq stays 1..n and every
+    subscriber on both instances gets its feed exactly once, in order."""
+    sids = {"ali": new_sid(), "mona": new_sid()}
+    log = Log()
+    async with http(pair.a) as ca, http(pair.b) as cb, AsyncExitStack() as stack:
+        for customer, sid in sids.items():
+            await log.append(ca, sid, [order(customer)])
+        subs: list[Sub] = []
+        for at, hub in (("A", pair.a), ("B", pair.b)):
+            for name, path, headers in (
+                ("ali-stream", f"/ws/streams/{sids['ali']}", auth("ali", "customer")),
+                ("mona-stream", f"/ws/streams/{sids['mona']}", PLATFORM),
+                ("kitchen", "/ws/inbox", KITCHEN),
+                ("platform", "/ws/inbox", PLATFORM),
+                ("ali", "/ws/inbox", auth("ali", "customer")),
+            ):
+                subs.append(
+                    await stack.enter_async_context(Sub(f"{name}@{at}", hub, path, headers))
+                )
+
+        async def writer(c: httpx.AsyncClient, w: str) -> None:
+            for i in range(50):
+                await log.append(c, rng.choice(list(sids.values())), [note(i, w=w)])
+                await asyncio.sleep(rng.uniform(0, 0.005))
+
+        t0 = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(
+            *(writer(ca, f"a{k}") for k in range(4)), *(writer(cb, f"b{k}") for k in range(4))
+        ), timeout(60))  # fmt: skip
+        took = time.monotonic() - t0
+        stored = {sid: await store_stream(ca, sid) for sid in sids.values()}
+        finals = [
+            log.stream(s.path.rsplit("/", 1)[1])[-1]["seq"] if s.key == "seq"
+            else max(e["pos"] for e in log.events.values())
+            if s.name.split("@")[0] in ("kitchen", "platform")
+            else log.stream(sids["ali"])[-1]["pos"]
+            for s in subs
+        ]  # fmt: skip
+        await settle(subs, finals)
+
+    print(f"400 events from 8 writers on 2 instances in {took:.2f}s")
+    assert len(log.events) == 402
+    for sid, events in stored.items():
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), sid
+        assert events == log.stream(sid), f"{sid}: store and acknowledgements differ"
+    positions = [e["pos"] for e in log.events.values()]
+    assert len(set(positions)) == len(positions)
+    expect_all(subs, log, {
+        f"{n}@{at}": ids for at in "AB"
+        for n, ids in (("kitchen", None), ("platform", None), ("ali", {sids["ali"]}))
+    })  # fmt: skip
+
+
+# -- 3: Redis outage ---------------------------------------------------------------------------
+
+
+async def test_redis_outage_degrades_then_backfills(pair: Pair) -> None:
+    """Redis stops: writes on A still succeed and A's subscribers stay live, B reports
+    degraded; Redis returns: B's subscribers get what they missed once, in order, and
+    health and metrics say so."""
+    sid = new_sid()
+    log = Log()
+    async with http(pair.a) as ca, http(pair.b) as cb, AsyncExitStack() as stack:
+        await log.append(ca, sid, [order("ali")])
+        on_b = [
+            await stack.enter_async_context(Sub(name, pair.b, path, headers))
+            for name, path, headers in (
+                ("stream@B", f"/ws/streams/{sid}", auth("ali", "customer")),
+                ("kitchen@B", "/ws/inbox", KITCHEN),
+                ("platform@B", "/ws/inbox", PLATFORM),
+            )
+        ]
+        on_a = [
+            await stack.enter_async_context(Sub(name, pair.a, path, headers))
+            for name, path, headers in (
+                ("stream@A", f"/ws/streams/{sid}", auth("ali", "customer")),
+                ("kitchen@A", "/ws/inbox", KITCHEN),
+            )
+        ]
+        subs = on_b + on_a
+
+        def finals() -> list[int]:
+            last = log.stream(sid)[-1]
+            return [last["seq"] if s.key == "seq" else last["pos"] for s in subs]
+
+        for i in range(5):
+            await log.append(ca, sid, [note(i)])
+        await settle(subs, finals())
+        before = await metrics(cb)
+
+        pair.redis.stop()
+        for c in (cb, ca):
+            status, body = await health_becomes(c, lambda got: got[1]["status"] == "degraded", 10)
+            assert status == 200, body
+            assert body["checks"]["streams_db"] == "ok", body
+            assert body["checks"]["broker"].startswith("failing"), body
+
+        for i in range(5, 25):  # writes go on; A's own subscribers stay live
+            await log.append(ca, sid, [note(i)])
+            await asyncio.sleep(0.01)
+        a_final = finals()[len(on_b) :]
+        local = max([await s.reaches(f, 2) for s, f in zip(on_a, a_final, strict=True)])
+        await asyncio.sleep(0.5)
+        stale = [s for s in on_b if s.last >= finals()[on_b.index(s)]]
+        assert not stale, f"B got events with Redis down (nothing to backfill then): {stale}"
+        missed = {s.name: finals()[i] - s.last for i, s in enumerate(on_b)}
+
+        pair.redis.start()
+        t0 = time.monotonic()
+        for sub, final in zip(on_b, finals(), strict=False):
+            await sub.reaches(final, 30)
+        recovered = time.monotonic() - t0
+        for c in (cb, ca):
+            await health_becomes(
+                c, lambda got: got == (200, {"status": "ok", "checks": ANY_OK}), 15
+            )
+        after = await metrics(cb)
+
+        for i in range(25, 30):  # and live delivery across instances is back
+            await log.append(ca, sid, [note(i)])
+        t1 = time.monotonic()
+        await settle(subs, finals())
+        relinked = time.monotonic() - t1
+
+    print(f"outage: A's subscribers live within {local * 1000:.0f} ms; B missed {missed}; "
+          f"B complete {recovered:.2f}s after redis-server restarted; live again in "
+          f"{relinked * 1000:.0f} ms")  # fmt: skip
+    expect_all(subs, log, {"kitchen@B": None, "platform@B": None, "kitchen@A": None})
+    reconnects = after["hub_redis_reconnects_total"] - before["hub_redis_reconnects_total"]
+    backfilled = after["hub_backfilled_events_total"] - before["hub_backfilled_events_total"]
+    assert reconnects >= 1, after
+    assert backfilled > 0, after
+    print(f"B metrics: reconnects +{reconnects:.0f}, backfilled events +{backfilled:.0f}")
+
+
+# -- 4: pub/sub connections killed under load --------------------------------------------------
+
+
+async def test_killed_pubsub_connections_lose_and_repeat_nothing(
+    pair: Pair, rng: random.Random
+) -> None:
+    """CLIENT KILL TYPE pubsub, again and again while both instances write: every
+    subscriber still gets every event exactly once, in order."""
+    sid = new_sid()
+    log = Log()
+    async with http(pair.a) as ca, http(pair.b) as cb, AsyncExitStack() as stack:
+        await log.append(ca, sid, [order("ali")])
+        subs: list[Sub] = []
+        for at, hub in (("A", pair.a), ("B", pair.b)):
+            for name, path, headers in (
+                ("stream", f"/ws/streams/{sid}", auth("ali", "customer")),
+                ("kitchen", "/ws/inbox", KITCHEN),
+                ("platform", "/ws/inbox", PLATFORM),
+            ):
+                subs.append(
+                    await stack.enter_async_context(Sub(f"{name}@{at}", hub, path, headers))
+                )
+        before = [await metrics(c) for c in (ca, cb)]
+        writing = True
+        kills: list[int] = []
+
+        async def writer(c: httpx.AsyncClient, w: str) -> None:
+            for i in range(150):
+                await log.append(c, sid, [note(i, w=w)])
+                await asyncio.sleep(rng.uniform(0, 0.01))
+
+        async def killer() -> None:
+            while writing:
+                await asyncio.sleep(rng.uniform(0.1, 0.3))
+                killed = await asyncio.to_thread(
+                    pair.redis.command, "CLIENT", "KILL", "TYPE", "pubsub"
+                )
+                assert isinstance(killed, int)
+                kills.append(killed)
+
+        kill_task = asyncio.create_task(killer())
+        try:
+            await asyncio.wait_for(asyncio.gather(
+                writer(ca, "a0"), writer(ca, "a1"), writer(cb, "b0"), writer(cb, "b1")
+            ), timeout(60))  # fmt: skip
+        finally:
+            writing = False
+            await kill_task
+        last = log.stream(sid)[-1]
+        await settle(subs, [last["seq"] if s.key == "seq" else last["pos"] for s in subs], 30)
+        after = [await metrics(c) for c in (ca, cb)]
+
+    print(f"CLIENT KILL TYPE pubsub {len(kills)} times, killed {sum(kills)} connections")
+    assert sum(k > 0 for k in kills) >= 3, kills
+    expect_all(subs, log, {f"{n}@{at}": None for n in ("kitchen", "platform") for at in "AB"})
+    for m0, m1 in zip(before, after, strict=True):
+        assert m1["hub_redis_reconnects_total"] > m0["hub_redis_reconnects_total"], m1
+
+
+# -- 5: subscriptions follow local subscribers -------------------------------------------------
+
+
+async def test_instance_subscribes_only_while_it_has_local_subscribers(pair: Pair) -> None:
+    """hub:stream:<id> / hub:inbox:<t> are subscribed by an instance while it has a local
+    subscriber and dropped after the last leaves; hub:ctl is always there."""
+    sid = new_sid()
+    ctl = {"hub:ctl": 2}
+    stream, inbox, everything = f"hub:stream:{sid}", f"hub:inbox:{RESTAURANT}", "hub:inbox:*"
+
+    def subscribed() -> tuple[dict[str, int], dict[str, int]]:
+        """(plain channels, shard channels) matching hub:*, with their subscriber counts."""
+        out: list[dict[str, int]] = []
+        for kind in ("", "SHARD"):
+            names = pair.redis.command("PUBSUB", f"{kind}CHANNELS", "hub:*")
+            assert isinstance(names, list)
+            counts: dict[str, int] = {}
+            if names:
+                reply = pair.redis.command("PUBSUB", f"{kind}NUMSUB", *names)
+                assert isinstance(reply, list | dict)
+                items = list(reply.items()) if isinstance(reply, dict) else list(
+                    zip(reply[::2], reply[1::2], strict=True))  # fmt: skip
+                counts = {n.decode(): int(c) for n, c in items}
+            out.append(counts)
+        return out[0], out[1]
+
+    def expected(channels: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+        return ({**ctl}, channels) if pair.sharded else ({**ctl, **channels}, {})
+
+    async def becomes(channels: dict[str, int]) -> None:
+        want = expected(channels)
+        await eventually(lambda: subscribed() == want, 5,
+                         lambda: f"subscribed {subscribed()}, want {want}")  # fmt: skip
+
+    async with http(pair.a) as ca:
+        r = await ca.post(f"/api/streams/{sid}/events", json=order("ali"), headers=PLATFORM)
+        assert r.status_code == 201, r.text
+    assert subscribed() == expected({})
+    ali = auth("ali", "customer")
+    async with AsyncExitStack() as stack:
+
+        async def sub(name: str, hub: HubProcess, path: str, headers: dict[str, str]) -> Sub:
+            return await stack.enter_async_context(Sub(name, hub, path, headers))
+
+        s1 = await sub("s1@A", pair.a, f"/ws/streams/{sid}", ali)
+        # The subscription is live before the replay: no polling needed.
+        assert subscribed() == expected({stream: 1})
+        s2 = await sub("s2@A", pair.a, f"/ws/streams/{sid}", PLATFORM)
+        assert subscribed() == expected({stream: 1}), "one subscription per instance"
+        s3 = await sub("s3@B", pair.b, f"/ws/streams/{sid}", ali)
+        k1 = await sub("kitchen@B", pair.b, "/ws/inbox", KITCHEN)
+        p1 = await sub("platform@A", pair.a, "/ws/inbox", PLATFORM)
+        assert subscribed() == expected({stream: 2, inbox: 1, everything: 1})
+
+        await s1.close()
+        await asyncio.sleep(0.3)
+        assert subscribed() == expected({stream: 2, inbox: 1, everything: 1}), "s2 is still on A"
+        await s2.close(abort=True)  # a dead connection counts as leaving too
+        await becomes({stream: 1, inbox: 1, everything: 1})
+        await s3.close()
+        await becomes({inbox: 1, everything: 1})
+        await k1.close(abort=True)
+        await p1.close()
+        await becomes({})
+        s4 = await sub("s4@B", pair.b, f"/ws/streams/{sid}", ali)
+        assert subscribed() == expected({stream: 1}), "subscribes again after the last left"
+        await s4.close()
+        await becomes({})
+
+
+# -- 6: resume on another instance -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["stream", "inbox"])
+async def test_resume_on_the_other_instance_exactly_once(
+    pair: Pair, kind: str, rng: random.Random
+) -> None:
+    """A subscriber hopping between A and B, resuming with since = the last seq/pos it saw,
+    gets every event exactly once, in order, while both instances write."""
+    sid = new_sid()
+    log = Log()
+    key = "seq" if kind == "stream" else "pos"
+    path = f"/ws/streams/{sid}" if kind == "stream" else "/ws/inbox"
+    headers = auth("ali", "customer") if kind == "stream" else KITCHEN
+    total = 120
+    got: list[Frame] = []
+    connections = 0
+
+    async with http(pair.a) as ca, http(pair.b) as cb:
+        await log.append(ca, sid, [order("ali")])
+        await log.append(ca, sid, [note(i) for i in range(10)])
+        done = asyncio.Event()
+
+        async def writer() -> None:
+            for i in range(10, total):
+                await log.append(rng.choice((ca, cb)), sid, [note(i)])
+                await asyncio.sleep(rng.uniform(0, 0.02))
+            done.set()
+
+        def final() -> int:
+            return int(log.stream(sid)[-1][key])
+
+        async def visit(hub: HubProcess, number: int, since: int) -> list[Frame]:
+            """One connection: replay from ``since``, read a few live events, leave."""
+            sub = Sub(f"{kind}#{number}", hub, path, headers, since=since)
+            async with sub:
+                budget = len(sub.events) + rng.randint(5, 20)
+                await eventually(
+                    lambda: len(sub.events) >= budget or (done.is_set() and sub.last >= final()),
+                    15,
+                    lambda: f"{sub} stuck",
+                )
+                await sub.close(abort=rng.random() < 0.5)
+            before, frame = sub.lives[0]
+            at_live = sub.events[before - 1][key] if before else since
+            assert frame[key] == at_live, (sub, frame)
+            assert not sub.other, sub.other
+            return sub.events  # all of it counts: the client chose to leave
+
+        async def hopper() -> None:
+            nonlocal connections
+            while not (done.is_set() and got and got[-1][key] >= final()):
+                hub = (pair.a, pair.b)[connections % 2]
+                connections += 1
+                got.extend(await visit(hub, connections, int(got[-1][key]) if got else 0))
+
+        await asyncio.wait_for(asyncio.gather(writer(), hopper()), timeout(60))
+
+    expected = log.stream(sid)  # the kitchen is a member from seq 1: its inbox is the stream
+    assert [e[key] for e in got] == [e[key] for e in expected]
+    assert got == expected
+    assert connections >= 6, connections
