@@ -227,7 +227,8 @@ class Connection:
             if text is None:
                 self.push_control(error_frame("binary_frame", "frames must be JSON text"))
                 continue
-            if len(text) > MAX_CLIENT_FRAME or len(text.encode(errors="replace")) > MAX_CLIENT_FRAME:
+            size = len(text) if len(text) > MAX_CLIENT_FRAME else len(text.encode(errors="replace"))
+            if size > MAX_CLIENT_FRAME:
                 self.push_control(error_frame("frame_too_large", "frame over 64 KiB"))
                 continue
             try:
