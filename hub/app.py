@@ -242,6 +242,10 @@ def create_app(settings: Settings, *, static_dir: Path | None = STATIC_DIR) -> S
         await node.start()
         try:
             await gps.start()
+            try:
+                await orders.recover()
+            except Exception:
+                log.exception("start-up recovery failed; it runs again at the next start")
             await archiver.start()
             yield
         finally:

@@ -354,7 +354,7 @@ def _schemas() -> dict[str, Schema]:
                             "title": _nullable({"type": "string"}),
                             "desc": {"nullable": True},
                             "pointId": {"type": "string"},
-                            "stock": _nullable({"type": "integer"}),
+                            "stock": _nullable({"type": "number"}),
                             "price": _nullable({"type": "number"}),
                             "currency": _nullable({"type": "string"}),
                             "availability": _nullable({"type": "string"}),

@@ -213,7 +213,7 @@ class Orders:
         if info is None or (not who.is_platform and who.tenant not in info.members):
             raise Forbidden("not a member of this order")
         if info.archived:
-            raise Conflict("this order is archived", code="out_of_turn")
+            raise Conflict("already done: this order is archived", code="already_done")
         state = await self.load(order_id)
         party = {Role.CUSTOMER: state.customer, Role.RESTAURANT: state.restaurant,
                  Role.DRIVER: state.driver}[role]  # fmt: skip
@@ -506,14 +506,20 @@ class Orders:
         actual = _int(body, "actualMinutes", lo=0, hi=600)
         async with self._locked(order_id):
             state = await self._member_state(who, order_id, Role.RESTAURANT)
-            self._turn(state, ["preparing"], "done")
-            if not all(state.has(f"sale.{i['productId']}") for i in state.items):
-                raise Conflict("not now: the kitchen has not accepted it", code="out_of_turn")
-            start = next(e for e in state.events if e.opcode == Opcode.TASK_START)
-            minutes = actual if actual is not None else _minutes_between(start.ts, now_ts())
-            written = await self._append(order_id, [_event(
-                order_id, "done", Opcode.TASK_DONE,
-                {"task": "kitchen-prep", "actualMinutes": minutes})])  # fmt: skip
+            if state.has("done"):
+                # Step 5 is written; a retry only completes Step 6 if that is missing.
+                if state.has("assign") or state.status != "ready":
+                    raise Conflict(f"already done (order is {state.status})", code="already_done")
+                written = state.written(["done"])
+            else:
+                self._turn(state, ["preparing"], "done")
+                if not all(state.has(f"sale.{i['productId']}") for i in state.items):
+                    raise Conflict("not now: the kitchen has not accepted it", code="out_of_turn")
+                start = next(e for e in state.events if e.opcode == Opcode.TASK_START)
+                minutes = actual if actual is not None else _minutes_between(start.ts, now_ts())
+                written = await self._append(order_id, [_event(
+                    order_id, "done", Opcode.TASK_DONE,
+                    {"task": "kitchen-prep", "actualMinutes": minutes})])  # fmt: skip
         assigned = await self.assign(order_id)
         if assigned:
             written = written + assigned
@@ -628,34 +634,73 @@ class Orders:
                 raise Conflict("already done (order is delivered)", code="already_done")
             if state.status not in ("picked_up", "delivered"):
                 raise Conflict(f"not now: order is {state.status}", code="out_of_turn")
-            ts = now_ts()
-            payout = _money(self.settings.driver_payout)
-            node_id, _, _ = await self._restaurant_node(state.restaurant)
-            events = [
-                _event(order_id, "deliver", Opcode.ORDER_DELIVER, {
-                    "deliveredBy": driver, "confirmedBy": state.customer,
-                    "totalMinutes": _minutes_between(state.created.ts, ts)}),
-                _event(order_id, "payout", Opcode.ACCOUNT_PAYOUT,
-                       {"type": "delivery-fee", "currency": CURRENCY},
-                       node_id=driver, delta=payout),
-                _event(order_id, "payin", Opcode.ACCOUNT_PAYIN,
-                       {"type": "order-revenue", "currency": CURRENCY},
-                       node_id=node_id, delta=_money(state.total - payout)),
-            ]  # fmt: skip
-            written = await self._append(order_id, events)
-            ddb = self.tenants.tenant(driver)
-            await ddb.execute(
-                "UPDATE points SET availability = 'idle', openNow = true, lat = ?, lng = ?"
-                " WHERE nodeId = ?", [lat, lng, driver])  # fmt: skip
-            await public.execute(
-                "UPDATE points SET openNow = true, availability = 'idle', lat = ?, lng = ?,"
-                " claim = NULL WHERE claim = ? AND workspaceId = ?", [lat, lng, order_id, driver])
+            steps = ("deliver", "payout", "payin")
+            if all(state.has(s) for s in steps):  # a retry: the events stand as written
+                written = state.written(steps)
+            else:
+                written = await self._append(order_id, await self._deliver_events(state))
+            await self._release_driver(order_id, driver, lat, lng)
         if self.gps is not None:
             self.gps.forget(driver)
         if self.archiver is not None:
             self.archiver.schedule(order_id)
         await self.assign_waiting()
         return self.response(state, "delivered", written)
+
+    async def _deliver_events(self, state: OrderState) -> list[NewEvent]:
+        order_id, driver = state.order_id, state.driver
+        assert driver is not None
+        ts = now_ts()
+        payout = _money(self.settings.driver_payout)
+        node_id, _, _ = await self._restaurant_node(state.restaurant)
+        events = [
+            _event(order_id, "deliver", Opcode.ORDER_DELIVER, {
+                "deliveredBy": driver, "confirmedBy": state.customer,
+                "totalMinutes": _minutes_between(state.created.ts, ts)}),
+            _event(order_id, "payout", Opcode.ACCOUNT_PAYOUT,
+                   {"type": "delivery-fee", "currency": CURRENCY},
+                   node_id=driver, delta=payout),
+            _event(order_id, "payin", Opcode.ACCOUNT_PAYIN,
+                   {"type": "order-revenue", "currency": CURRENCY},
+                   node_id=node_id, delta=_money(state.total - payout)),
+        ]  # fmt: skip
+        return events
+
+    async def _release_driver(self, order_id: str, driver: str, lat: float, lng: float) -> None:
+        """Step 10's last writes: the driver idle at (lat, lng), discoverable again."""
+        await self.tenants.tenant(driver).execute(
+            "UPDATE points SET availability = 'idle', openNow = true, lat = ?, lng = ?"
+            " WHERE nodeId = ?", [lat, lng, driver])  # fmt: skip
+        await self.tenants.public.execute(
+            "UPDATE points SET openNow = true, availability = 'idle', lat = ?, lng = ?,"
+            " claim = NULL WHERE claim = ? AND workspaceId = ?", [lat, lng, order_id, driver])
+
+    async def recover(self) -> None:
+        """At start-up, finish what a crash left half-done across databases.
+
+        A driver still claimed by a delivered order is released (at its last known
+        position); orders that are ready without a driver get one if any is idle.
+        """
+        public = self.tenants.public
+        r = await public.execute(
+            "SELECT workspaceId, claim FROM points WHERE claim IS NOT NULL LIMIT 1000"
+        )
+        for driver, order_id in r.rows:
+            try:
+                events = await self.node.store.read_stream(order_id, 0, 1000)
+                info = await self.node.store.stream_info(order_id)
+                delivered = any(e.opcode == Opcode.ORDER_DELIVER for e in events) or bool(
+                    info and info.archived)
+                if not delivered:
+                    continue
+                at = await self.tenants.tenant(driver).execute(
+                    "SELECT lat, lng FROM points WHERE nodeId = ? LIMIT 1", [driver])
+                lat, lng = at.rows[0] if at.rows else (None, None)
+                await self._release_driver(order_id, driver, lat, lng)
+                log.warning("released driver %s still claimed by delivered %s", driver, order_id)
+            except Exception:
+                log.exception("recovering the claim of %s on %s failed", driver, order_id)
+        await self.assign_waiting()
 
     # -- drivers -----------------------------------------------------------------
 

@@ -433,14 +433,15 @@ export const ORDER_STATUS = Object.freeze({
 });
 export const STATUS_ORDER = ["placed", "paid", "preparing", "ready", "assigned", "picked_up", "delivered"];
 
-/** The furthest status a list of events reaches (null without ORDER_CREATE). */
+/**
+ * The furthest status a list of one order's events reaches, or null when none of them moves
+ * an order (a driver's inbox starts at TASK_ASSIGN, so ORDER_CREATE is not required).
+ */
 export function orderStatus(events) {
   let best = -1;
-  let created = false;
   for (const e of events) {
-    if (e.opcode === Opcode.ORDER_CREATE) created = true;
     const s = ORDER_STATUS[e.opcode];
     if (s) best = Math.max(best, STATUS_ORDER.indexOf(s));
   }
-  return created ? STATUS_ORDER[best] : null;
+  return best < 0 ? null : STATUS_ORDER[best];
 }

@@ -94,8 +94,12 @@ export function toast(message, kind = "info") {
 
 // -- problems (missing, expired, invalid or denied token; wrong page) ------------------
 
-const HOW_TO_GET = "Use a link printed by `hub demo`, or make a token with "
-  + "`hub token TENANT --role ROLE` and open this page with #token=… at the end of its address.";
+let example = "hub token TENANT --role ROLE";
+const howToGet = () => [
+  "Use a link printed by ", h("code", {}, "hub demo"), ", or make a token with ",
+  h("code", {}, example), " and open this page with ", h("code", {}, "#token=…"),
+  " at the end of its address.",
+];
 
 /**
  * Show a problem prominently. kind: missing | expired | invalid | denied | role | error.
@@ -114,13 +118,20 @@ export function showProblem(kind, message, { blocking = true, hint } = {}) {
   box.replaceChildren(
     h("strong", {}, titles[kind] ?? titles.error),
     h("p", {}, message),
-    hint === null ? null : h("p", { class: "hint" }, hint ?? HOW_TO_GET),
+    hint === null ? null : h("p", { class: "hint" }, hint ?? howToGet()),
   );
   box.dataset.problem = kind;
   box.hidden = false;
   if (blocking) {
     const main = $("main");
     if (main) main.hidden = true;
+    for (const el of document.querySelectorAll("header.bar button")) el.hidden = true;
+    const pill = $("#conn");
+    if (pill && pill.dataset.state !== "denied") {
+      pill._unbind?.();
+      pill.dataset.state = "denied";
+      pill.textContent = "no access";
+    }
   }
 }
 
@@ -166,9 +177,10 @@ export function socketProblem(detail, info, what = "this") {
 
 /**
  * The page's start: a token of one of `roles`, else a problem is shown and null returned.
- * Returns {token, info, params, api}.
+ * `exampleCommand` tells how to make one. Returns {token, info, params, api}.
  */
-export function startPage(page, roles, roleName) {
+export function startPage(page, roles, roleName, exampleCommand) {
+  if (exampleCommand) example = exampleCommand;
   const { token, params, info } = loadToken(page);
   if (!token) {
     showProblem("missing", `This page needs a ${roleName} token in its address (…/${page}.html#token=…).`);
@@ -324,10 +336,10 @@ export class DeliveryMap {
     const place = (p, id, cls, label, glyph) => {
       const [x, y] = this.xy(p);
       const g = s("g", { class: cls, id });
-      g.append(s("circle", { cx: x, cy: y, r: 9 }));
+      g.append(s("circle", { cx: x, cy: y, r: 10 }));
       const icon = s("text", { x, y: y + 4, "text-anchor": "middle", class: "map-glyph" });
       icon.textContent = glyph;
-      const text = s("text", { x, y: y + 22, "text-anchor": "middle", class: "map-label" });
+      const text = s("text", { x, y: y + 25, "text-anchor": "middle", class: "map-label" });
       text.textContent = label;
       g.append(icon, text);
       svg.append(g);
@@ -336,8 +348,8 @@ export class DeliveryMap {
     if (delivery) place(delivery, "map-delivery", "map-delivery", "delivery", "D");
     if (driver) {
       const [x, y] = this.xy(driver);
-      const dot = s("circle", { id: "driver-dot", cx: x, cy: y, r: 7, class: "map-driver" });
-      const label = s("text", { x, y: y - 12, "text-anchor": "middle", class: "map-label map-driver-label" });
+      const dot = s("circle", { id: "driver-dot", cx: x, cy: y, r: 8, class: "map-driver" });
+      const label = s("text", { x, y: y - 13, "text-anchor": "middle", class: "map-label map-driver-label" });
       label.textContent = "driver";
       svg.append(dot, label);
     }

@@ -208,7 +208,8 @@ class Sub:
         self.arrived: dict[str, float] = {}
         self.lives: list[tuple[int, Frame]] = []  # (events before it, the frame)
         self.other: list[Frame] = []
-        self.closed: BaseException | None = None
+        self.closed = False
+        self.close_code: int | None = None
         self.conn: ClientConnection | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -224,7 +225,7 @@ class Sub:
         self._task = asyncio.create_task(self._read())
         await eventually(lambda: bool(self.lives) or self._task is None or self._task.done(), 10,
                          lambda: f"{self}: no live frame")  # fmt: skip
-        assert self.lives, f"{self}: closed before its live frame: {self.closed!r}"
+        assert self.lives, f"{self}: closed ({self.close_code}) before its live frame"
         return self
 
     async def _read(self) -> None:
@@ -241,8 +242,10 @@ class Sub:
                     self.lives.append((len(self.events), frame))
                 elif kind != "location":
                     self.other.append(frame)
-        except websockets.ConnectionClosed as exc:
-            self.closed = exc
+        except websockets.ConnectionClosed:
+            pass
+        self.close_code = self.conn.close_code  # None: closed without a close frame
+        self.closed = True
 
     async def close(self, *, abort: bool = False) -> None:
         if self.conn is not None:
@@ -313,6 +316,38 @@ async def settle(subs: list[Sub], finals: list[int], seconds: float = 15) -> Non
     for sub, final in zip(subs, finals, strict=True):
         await sub.reaches(final, seconds)
     await asyncio.sleep(0.3)
+
+
+def channels_of(pair: Pair) -> tuple[dict[str, int], dict[str, int]]:
+    """(plain channels, shard channels) named hub:* on the server, with subscriber counts."""
+    out: list[dict[str, int]] = []
+    for kind in ("", "SHARD"):
+        names = pair.redis.command("PUBSUB", f"{kind}CHANNELS", "hub:*")
+        assert isinstance(names, list)
+        counts: dict[str, int] = {}
+        if names:
+            reply = pair.redis.command("PUBSUB", f"{kind}NUMSUB", *names)
+            assert isinstance(reply, list | dict)
+            items = list(reply.items()) if isinstance(reply, dict) else list(
+                zip(reply[::2], reply[1::2], strict=True))  # fmt: skip
+            counts = {n.decode(): int(c) for n, c in items}
+        out.append(counts)
+    return out[0], out[1]
+
+
+def expected_channels(
+    pair: Pair, channels: dict[str, int]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """What :func:`channels_of` shows when ``channels`` are subscribed (hub:ctl by both hubs;
+    stream and inbox channels as shard channels in sharded mode)."""
+    ctl = {"hub:ctl": 2}
+    return ({**ctl}, channels) if pair.sharded else ({**ctl, **channels}, {})
+
+
+async def channels_become(pair: Pair, channels: dict[str, int], seconds: float = 5) -> None:
+    want = expected_channels(pair, channels)
+    await eventually(lambda: channels_of(pair) == want, seconds,
+                     lambda: f"subscribed {channels_of(pair)}, want {want}")  # fmt: skip
 
 
 # -- 1: cross-instance delivery and latency ----------------------------------------------------
@@ -559,32 +594,16 @@ async def test_instance_subscribes_only_while_it_has_local_subscribers(pair: Pai
     """hub:stream:<id> / hub:inbox:<t> are subscribed by an instance while it has a local
     subscriber and dropped after the last leaves; hub:ctl is always there."""
     sid = new_sid()
-    ctl = {"hub:ctl": 2}
     stream, inbox, everything = f"hub:stream:{sid}", f"hub:inbox:{RESTAURANT}", "hub:inbox:*"
 
     def subscribed() -> tuple[dict[str, int], dict[str, int]]:
-        """(plain channels, shard channels) matching hub:*, with their subscriber counts."""
-        out: list[dict[str, int]] = []
-        for kind in ("", "SHARD"):
-            names = pair.redis.command("PUBSUB", f"{kind}CHANNELS", "hub:*")
-            assert isinstance(names, list)
-            counts: dict[str, int] = {}
-            if names:
-                reply = pair.redis.command("PUBSUB", f"{kind}NUMSUB", *names)
-                assert isinstance(reply, list | dict)
-                items = list(reply.items()) if isinstance(reply, dict) else list(
-                    zip(reply[::2], reply[1::2], strict=True))  # fmt: skip
-                counts = {n.decode(): int(c) for n, c in items}
-            out.append(counts)
-        return out[0], out[1]
+        return channels_of(pair)
 
     def expected(channels: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
-        return ({**ctl}, channels) if pair.sharded else ({**ctl, **channels}, {})
+        return expected_channels(pair, channels)
 
     async def becomes(channels: dict[str, int]) -> None:
-        want = expected(channels)
-        await eventually(lambda: subscribed() == want, 5,
-                         lambda: f"subscribed {subscribed()}, want {want}")  # fmt: skip
+        await channels_become(pair, channels)
 
     async with http(pair.a) as ca:
         r = await ca.post(f"/api/streams/{sid}/events", json=order("ali"), headers=PLATFORM)
@@ -684,3 +703,125 @@ async def test_resume_on_the_other_instance_exactly_once(
     assert [e[key] for e in got] == [e[key] for e in expected]
     assert got == expected
     assert connections >= 6, connections
+
+
+# -- 7: subscriptions that change while an instance re-subscribes ------------------------------
+
+
+async def test_sockets_opened_or_closed_while_resubscribing_keep_their_channels(pair: Pair) -> None:
+    """A socket opened while B re-subscribes after a dropped pub/sub connection still gets A's
+    events live, and the channel of one closed meanwhile is dropped."""
+    fresh_sid, gone_sid = new_sid(), new_sid()
+    log = Log()
+    async with http(pair.a) as ca, http(pair.b) as cb, AsyncExitStack() as stack:
+        for sid in (fresh_sid, gone_sid):
+            await log.append(ca, sid, [order("ali")])
+        gone = await stack.enter_async_context(
+            Sub("gone@B", pair.b, f"/ws/streams/{gone_sid}", PLATFORM)
+        )
+        # Drop the hubs' pub/sub connections, then hold their re-subscription (CLIENT PAUSE
+        # delays every command, so the new session stays between connect and confirmation).
+        assert pair.redis.command("CLIENT", "KILL", "TYPE", "pubsub") == 2
+        assert pair.redis.command("CLIENT", "PAUSE", int(timeout(2) * 1000), "ALL") == b"OK"
+        await asyncio.sleep(timeout(0.7))
+        assert (await health(cb))[1]["status"] == "degraded", "B is re-subscribing"
+        fresh = await stack.enter_async_context(
+            Sub("fresh@B", pair.b, f"/ws/streams/{fresh_sid}", PLATFORM)
+        )
+        await gone.close()
+        await health_becomes(cb, lambda got: got[1]["status"] == "ok", 10)
+
+        for i in range(5):
+            await log.append(ca, fresh_sid, [note(i)])
+        await eventually(
+            lambda: fresh.last >= 6, 3,
+            lambda: f"{fresh} got nothing written on A after B re-subscribed; on Redis: "
+                    f"{channels_of(pair)} (fresh {fresh_sid}, gone {gone_sid})",
+        )  # fmt: skip
+        await asyncio.sleep(0.3)
+        fresh.check(log.stream(fresh_sid))
+        await channels_become(pair, {f"hub:stream:{fresh_sid}": 1})
+
+
+# -- 8: a publisher whose outbox overflowed --------------------------------------------------
+
+
+async def test_outbox_overflow_makes_the_other_instance_backfill(pair: Pair) -> None:
+    """Redis holds A's publishes until A's outbox (20,000 messages) overflows: B's subscribers
+    still get every event once, in order (A broadcasts a resync on hub:ctl; no reconnect)."""
+    quiet, flood, first = new_sid(), new_sid(), new_sid()
+    log = Log()
+    async with http(pair.a) as ca, http(pair.b) as cb, AsyncExitStack() as stack:
+        await log.append(ca, quiet, [order("ali")])  # bab-hara's only stream
+        await log.append(ca, flood, [order("mona", "zaatar-house")])
+        await log.append(ca, first, [order("omar", "zaatar-house")])
+        subs = [
+            await stack.enter_async_context(Sub(name, pair.b, path, headers))
+            for name, path, headers in (
+                ("quiet@B", f"/ws/streams/{quiet}", PLATFORM),
+                ("kitchen@B", "/ws/inbox", KITCHEN),
+                ("flood@B", f"/ws/streams/{flood}", PLATFORM),
+            )
+        ]
+        before = await metrics(cb)
+        assert pair.redis.command("CLIENT", "PAUSE", int(timeout(60) * 1000), "WRITE") == b"OK"
+        try:
+            await log.append(ca, first, [note(0)])  # the publisher's batch now waits on Redis
+            await asyncio.sleep(0.1)
+            await log.append(ca, quiet, [note(i) for i in range(5)])  # oldest: dropped
+            for k in range(60):  # 6,000 events, 4 messages each (stream, 2 members, platform)
+                await log.append(ca, flood, [note(100 * k + i) for i in range(100)])
+        finally:
+            assert pair.redis.command("CLIENT", "UNPAUSE") == b"OK"
+        t0 = time.monotonic()
+        await settle(subs, [6, log.stream(quiet)[-1]["pos"], 6001], 30)
+        took = time.monotonic() - t0
+        after = await metrics(cb)
+
+    print(f"overflow: B complete {took:.2f}s after Redis let A publish again")
+    expect_all(subs, log, {"kitchen@B": {quiet}})
+    assert after["hub_redis_reconnects_total"] == before["hub_redis_reconnects_total"], after
+    assert after["hub_backfilled_events_total"] > before["hub_backfilled_events_total"], after
+
+
+# -- 9: archiving on one instance ends subscriptions on the other ------------------------------
+
+
+def kill_pubsub_of(pair: Pair, channel: str) -> None:
+    """Drop the one pub/sub connection subscribed to ``channel`` besides hub:ctl."""
+    listing = pair.redis.command("CLIENT", "LIST", "TYPE", "pubsub")
+    assert isinstance(listing, bytes | str)
+    text = listing.decode() if isinstance(listing, bytes) else listing
+    clients = [dict(f.split("=", 1) for f in line.split()) for line in text.splitlines()]
+    ours = [c["id"] for c in clients if int(c["sub"]) + int(c.get("ssub", 0)) > 1]
+    assert len(ours) == 1, (channel, text)
+    assert pair.redis.command("CLIENT", "KILL", "ID", ours[0]) == 1
+
+
+@pytest.mark.parametrize("dropped", [False, True], ids=["linked", "b-dropped"])
+async def test_archiving_on_one_instance_ends_subscriptions_on_the_other(
+    pair: Pair, dropped: bool
+) -> None:
+    """A stream archived on A: B's subscribers get every event, then the archived frame and
+    close 1000, even when B's pub/sub connection dropped just then (B resyncs from the log)."""
+    sid = new_sid()
+    log = Log()
+    async with http(pair.a) as ca, AsyncExitStack() as stack:
+        await log.append(ca, sid, [order("ali")])
+        await log.append(ca, sid, [note(i) for i in range(5)])
+        sub = await stack.enter_async_context(
+            Sub("stream@B", pair.b, f"/ws/streams/{sid}", auth("ali", "customer"))
+        )
+        await sub.reaches(6)
+        if dropped:  # B reconnects after >= 100 ms and resyncs: the notice itself is lost
+            kill_pubsub_of(pair, f"hub:stream:{sid}")
+        r = await ca.post(f"/api/streams/{sid}/archive", headers=PLATFORM)
+        assert r.status_code == 200, r.text
+        await eventually(
+            lambda: sub.closed, 10,
+            lambda: f"{sub} still open after the stream was archived on A; frames {sub.other}",
+        )  # fmt: skip
+
+    assert sub.events == log.stream(sid)
+    assert sub.other == [{"type": "archived", "streamId": sid}], sub.other
+    assert sub.close_code == 1000, sub.close_code

@@ -56,7 +56,13 @@ function cpuStat() {
       const f = line.trim().split(/\s+/);
       const v = f.slice(1).map(Number);
       // user nice system idle iowait irq softirq steal
-      out[f[0]] = { busy: v[0] + v[1] + v[2] + v[5] + v[6] + v[7], steal: v[7], all: v.slice(0, 8).reduce((a, b) => a + b, 0) };
+      out[f[0]] = {
+        busy: v[0] + v[1] + v[2] + v[5] + v[6] + v[7],
+        task: v[0] + v[1] + v[2], // user + nice + system: what processes are charged
+        irq: v[5] + v[6], // irq + softirq (loopback TCP is mostly here)
+        steal: v[7],
+        all: v.slice(0, 8).reduce((a, b) => a + b, 0),
+      };
     }
   } catch (e) {
     /* not Linux */
@@ -97,7 +103,8 @@ class Window {
     }
     const hubCpu = hub1 && this.hub0 ? hub1.cpu - this.hub0.cpu : NaN;
     const pct = (k, f) => (this.stat0[k] && stat1[k] ? (100 * (stat1[k][f] - this.stat0[k][f])) / (stat1[k].all - this.stat0[k].all) : NaN);
-    const machineBusyS = this.stat0.cpu && stat1.cpu ? (stat1.cpu.busy - this.stat0.cpu.busy) / CLK_TCK : NaN;
+    const machineTaskS = this.stat0.cpu && stat1.cpu ? (stat1.cpu.task - this.stat0.cpu.task) / CLK_TCK : NaN;
+    const irqS = this.stat0.cpu && stat1.cpu ? (stat1.cpu.irq - this.stat0.cpu.irq) / CLK_TCK : NaN;
     return {
       wallS: wall,
       hubCpuS: hubCpu,
@@ -112,8 +119,10 @@ class Window {
       core0BusyPct: pct('cpu0', 'busy'),
       core1BusyPct: pct('cpu1', 'busy'),
       stealPct: pct('cpu', 'steal'),
-      // CPU used by everything else on the machine (other processes, kernel threads), % of one core
-      othersCpuPct: (100 * (machineBusyS - hubCpu - selfCpu)) / wall,
+      // CPU charged to other processes (user+system time on the machine minus hub and generator), % of one core
+      othersCpuPct: Math.max(0, (100 * (machineTaskS - hubCpu - selfCpu)) / wall),
+      // interrupts + softirq on both cores (loopback TCP of this benchmark, mostly), % of one core
+      irqCpuPct: (100 * irqS) / wall,
       genLoopDelayP99Ms: this.eld.percentile(99) / 1e6 - 2,
       genLoopDelayMaxMs: this.eld.max / 1e6 - 2,
     };
