@@ -290,7 +290,7 @@ SCHEMA_CONFIG = schemathesis.Config.from_dict(
     {"checks": {"negative_data_rejection": {"expected-statuses": REFUSED}}}
 )
 FUZZ = settings(
-    max_examples=20,
+    max_examples=15,
     deadline=None,
     derandomize=True,
     database=None,
@@ -298,7 +298,7 @@ FUZZ = settings(
     suppress_health_check=list(HealthCheck),
     report_multiple_bugs=False,
 )
-FUZZ_KNOWN = settings(FUZZ, max_examples=6)
+FUZZ_KNOWN = settings(FUZZ, max_examples=4)
 
 
 class Fuzzer:
@@ -336,19 +336,24 @@ class Fuzzer:
         if op.path_parameters or op.query or op.body:
             modes.append(GenerationMode.NEGATIVE)
         for mode in modes:
-            runs = [(FUZZ, op.as_strategy(generation_mode=mode), "generated ids")]
-            for name, ids in known.items():
-                runs += [
-                    (FUZZ_KNOWN, op.as_strategy(generation_mode=mode, path_parameters={name: i}), i)
-                    for i in ids
-                ]
+            # The token is a fixed header: schemathesis then leaves it alone (the 401s have a
+            # test of their own) instead of dropping it, which the token we add back would undo.
+            def strategy(path: dict[str, str] | None = None, m: Any = mode) -> Any:
+                return op.as_strategy(generation_mode=m, headers=headers or None,
+                                      path_parameters=path)  # fmt: skip
+
+            pinned = [(i, strategy({name: i})) for name, ids in known.items() for i in ids]
+            runs = [(FUZZ, strategy(), "generated ids")]
+            if mode is GenerationMode.POSITIVE:
+                runs += [(FUZZ_KNOWN, pinned_strategy, i) for i, pinned_strategy in pinned]
+            elif pinned and (op.query or op.body):
+                runs += [(FUZZ, st.one_of([s for _, s in pinned]), "existing ids")]
             for fuzz_settings, strategy, what in runs:
 
                 @fuzz_settings
                 @given(case=strategy)
                 def fuzz(case: Any) -> None:
-                    response = case.call(base_url=self.hub.url, headers=headers,
-                                         timeout=timeout(30))  # fmt: skip
+                    response = case.call(base_url=self.hub.url, timeout=timeout(30))
                     self.statuses[(op.label, response.status_code)] += 1
                     case.validate_response(response, checks=CHECKS)
                     if response.status_code >= 400 and op.path != "/healthz":
