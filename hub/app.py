@@ -191,6 +191,9 @@ def create_app(settings: Settings, *, static_dir: Path | None = STATIC_DIR) -> S
         body = await read_json(request, settings.max_body_bytes)
         return ok(await orders.driver_status(who, body))
 
+    async def driver_me(request: Request) -> Response:
+        return ok(await orders.driver_me(principal(request)))
+
     async def archive_stream(request: Request) -> Response:
         stream_id = check_stream_id(request.path_params["stream_id"])
         who = principal(request)
@@ -266,6 +269,7 @@ def create_app(settings: Settings, *, static_dir: Path | None = STATIC_DIR) -> S
         Route("/api/restaurants/{restaurant}", menu, methods=["GET"]),
         Route("/api/motion", motion, methods=["POST"]),
         Route("/api/drivers/status", driver_status, methods=["POST"]),
+        Route("/api/drivers/me", driver_me, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),

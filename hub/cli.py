@@ -161,11 +161,16 @@ def _demo(args: argparse.Namespace) -> int:
     from hub.seed import CUSTOMER, DRIVER, RESTAURANT
 
     print("hub demo: embedded databases in", settings.data_dir.resolve())
-    for role, tenant, page in (("customer", CUSTOMER, "customer"),
-                               ("kitchen", RESTAURANT, "kitchen"), ("driver", DRIVER, "driver")):
-        kind = {"kitchen": "restaurant"}.get(role, role)
-        print(f"  {role:<9} {base}/{page}.html#token={issue_token(settings.secret, tenant, kind)}")
-    print(f"  all three {base}/")
+    # --play sends the driver's GPS itself: the driver page must not simulate a ride too.
+    gps = "off" if args.play else "sim"
+    tokens = {role: issue_token(settings.secret, tenant, kind) for role, tenant, kind in (
+        ("customer", CUSTOMER, "customer"), ("kitchen", RESTAURANT, "restaurant"),
+        ("driver", DRIVER, "driver"))}  # fmt: skip
+    print(f"  customer  {base}/customer.html#token={tokens['customer']}")
+    print(f"  kitchen   {base}/kitchen.html#token={tokens['kitchen']}")
+    print(f"  driver    {base}/driver.html#token={tokens['driver']}&gps={gps}")
+    print(f"  all three {base}/#customer={tokens['customer']}&kitchen={tokens['kitchen']}"
+          f"&driver={tokens['driver']}&gps={gps}")
     config = uvicorn.Config(create_app(settings), host=args.host, port=port, log_level="warning",
                             ws_per_message_deflate=False, timeout_graceful_shutdown=5)  # fmt: skip
     server = uvicorn.Server(config)

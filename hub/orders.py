@@ -272,7 +272,8 @@ class Orders:
             "location": {"lat": lat, "lng": lng} if lat is not None else None,
             "products": [
                 {"productId": pid, "title": t, "desc": json.loads(p or "{}").get("desc"),
-                 "pointId": pt, "stock": qty, "price": price, "currency": cur,
+                 "pointId": pt, "stock": int(qty) if qty is not None and float(qty).is_integer()
+                 else qty, "price": price, "currency": cur,
                  "availability": av}
                 for pid, t, p, pt, qty, price, cur, av in r.rows
             ],
@@ -289,7 +290,7 @@ class Orders:
         state = OrderState(order_id, events)
         _, lat, lng = await self._restaurant_node(state.restaurant)
         menu = await self.tenants.tenant(state.restaurant).execute(
-            "SELECT title FROM nodes WHERE nodeType = 'restaurant' LIMIT 1")
+            "SELECT title, payload FROM nodes WHERE nodeType = 'restaurant' LIMIT 1")
         where = None
         if self.tenants.exists(state.customer):
             # The order node's deliveryLocation, else the customer's own location.
@@ -311,6 +312,8 @@ class Orders:
             "status": "archived" if info.archived else "active",
             "customer": state.customer, "restaurant": state.restaurant,
             "restaurantName": menu.rows[0][0] if menu.rows else state.restaurant,
+            "pickupAddress": json.loads(menu.rows[0][1] or "{}").get("address")
+            if menu.rows else None,
             "restaurantLocation": {"lat": lat, "lng": lng} if lat is not None else None,
             "deliveryAddress": state.payload.get("deliveryAddress"),
             "deliveryLocation": where, "items": state.items, "total": state.total,
@@ -703,6 +706,31 @@ class Orders:
         await self.assign_waiting()
 
     # -- drivers -----------------------------------------------------------------
+
+    async def driver_me(self, who: Principal) -> dict[str, Any]:
+        """A driver's own availability, position and current order."""
+        if who.role is not Role.DRIVER:
+            raise Forbidden("only a driver has a driver status")
+        r = await self.tenants.public.execute(
+            "SELECT availability, openNow, lat, lng, claim FROM points WHERE workspaceId = ?"
+            " LIMIT 1", [who.tenant])  # fmt: skip
+        if not r.rows:
+            return {"driver": who.tenant, "status": "offline", "lat": None, "lng": None,
+                    "orderId": None}  # fmt: skip
+        availability, open_now, lat, lng, claim = r.rows[0]
+        if claim is not None:
+            status = "en-route"
+        elif availability == "idle" and open_now:
+            status = "online"
+        else:
+            status = "offline"
+        if self.tenants.exists(who.tenant):  # the freshest position is in its own DB
+            at = await self.tenants.tenant(who.tenant).execute(
+                "SELECT lat, lng FROM points WHERE nodeId = ? LIMIT 1", [who.tenant])
+            if at.rows and at.rows[0][0] is not None:
+                lat, lng = at.rows[0]
+        return {"driver": who.tenant, "status": status, "lat": lat, "lng": lng,
+                "orderId": claim}  # fmt: skip
 
     async def driver_status(self, who: Principal, body: Any) -> dict[str, Any]:
         """A driver comes online (idle, discoverable at lat/lng) or goes offline."""

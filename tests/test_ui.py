@@ -112,7 +112,7 @@ def browser() -> Iterator[Browser]:
 
 @dataclass
 class App:
-    """One page in its own browser context, with the console errors it produced."""
+    """One open page and the console errors (and uncaught exceptions) it produced."""
 
     page: Page
     errors: list[str] = field(default_factory=list)
