@@ -255,9 +255,9 @@ class RedisBroker:
         assert self._client is not None
         pubsub = self._client.pubsub()
         self._pubsub = pubsub
-        names = [self.prefix + c for c in self._channels]
-        if names:
-            await self._subscribe_cmd(pubsub, *names)
+        subscribed = set(self._channels)
+        if subscribed:
+            await self._subscribe_cmd(pubsub, *(self.prefix + c for c in subscribed))
         await pubsub.execute_command("SUBSCRIBE", self.ctl)  # confirmed last: all are live
         loop = asyncio.get_running_loop()
         last_seen = loop.time()
@@ -280,6 +280,14 @@ class RedisBroker:
             name = channel.decode() if isinstance(channel, bytes) else channel
             if kind in ("subscribe", "ssubscribe"):
                 if name == self.ctl and not self._connected:
+                    # Channels (un)subscribed while this session was being set up.
+                    gained = self._channels - subscribed
+                    lost = subscribed - self._channels
+                    if gained:
+                        await self._subscribe_cmd(pubsub, *(self.prefix + c for c in gained))
+                    if lost:
+                        cmd = "SUNSUBSCRIBE" if self.sharded else "UNSUBSCRIBE"
+                        await pubsub.execute_command(cmd, *(self.prefix + c for c in lost))
                     self._connected = True
                     self._error = ""
                     if self._ever_connected and self.metrics is not None:

@@ -295,6 +295,16 @@ def _schemas() -> dict[str, Schema]:
             ],
             "description": "Online (idle, discoverable at lat/lng) or offline.",
         },
+        "DriverMe": _obj(
+            {
+                "driver": _ref("TenantId"),
+                "status": {"type": "string", "enum": ["online", "offline", "en-route"]},
+                "lat": _nullable({"type": "number"}),
+                "lng": _nullable({"type": "number"}),
+                "orderId": _nullable({"type": "string"}),
+            },
+            ["driver", "status", "lat", "lng", "orderId"],
+        ),
         "DriverStatusResult": _obj(
             {
                 "driver": _ref("TenantId"),
@@ -593,6 +603,14 @@ def _paths() -> dict[str, Schema]:
                     "400 401 403 409 413 422 503",
                 ),
                 body=_body(_ref("DriverStatus"), "The availability."),
+            )
+        },
+        "/api/drivers/me": {
+            "get": _op(
+                "driverMe",
+                "A driver's own availability, position and current order.",
+                ["driver"],
+                _responses({"200": _ok("The driver.", _ref("DriverMe"))}, "401 403 503"),
             )
         },
         "/healthz": {

@@ -180,6 +180,11 @@ class Connection:
             rows = await feed.read()
             if backfill and rows:
                 self.node.metrics.backfilled.inc(len(rows))
+            if backfill and not rows and feed.stream_id is not None and feed.final is None:
+                # The "archived" notice may be what was lost: ask the store.
+                info = await self.node.store.stream_info(feed.stream_id)
+                if info is not None and info.archived:
+                    feed.final = Notice(feed.stream_id, archived_frame(feed.stream_id), final=True)
             for event in rows:
                 await self.send(event.frame)
                 feed.last = feed.key(event)

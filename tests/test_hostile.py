@@ -854,6 +854,7 @@ def endpoints(oid: str) -> list[tuple[str, str, Json | None]]:
         ("GET", "/api/restaurants/bab-hara", None),
         ("POST", "/api/motion", {"lat": 25.1, "lng": 55.2}),
         ("POST", "/api/drivers/status", {"status": "online", "lat": 25.1, "lng": 55.2}),
+        ("GET", "/api/drivers/me", None),
     ]
 
 
@@ -919,6 +920,7 @@ def test_every_endpoint_refuses_other_tenants_and_wrong_roles_with_403(seeded: H
             ("GET", f"/api/orders/{oid}", None, [eve, zaatar, sami, RAMI]),
             ("POST", "/api/motion", {"lat": 1, "lng": 2}, [ALI, KITCHEN, PLATFORM]),
             ("POST", "/api/drivers/status", {"status": "offline"}, [ALI, KITCHEN, PLATFORM]),
+            ("GET", "/api/drivers/me", None, [ALI, KITCHEN, PLATFORM]),
         ]
         for method, path, body, callers in refused:
             for headers in callers:
