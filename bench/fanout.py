@@ -64,7 +64,8 @@ PROFILE_RATE = os.environ.get("BENCH_PYSPY_RATE", "250")
 PROFILE_FORMAT = os.environ.get("BENCH_PYSPY_FORMAT", "raw")  # raw (collapsed stacks) | speedscope
 PROFILE_FLAGS = ["--format", PROFILE_FORMAT, *os.environ.get("BENCH_PYSPY_FLAGS", "").split()]
 NODE_FLAGS: list[str] = []
-QUIET_WAIT_S = 0.0  # --wait-quiet  # extra flags for the generator (--node-flag)
+QUIET_WAIT_S = 0.0  # --wait-quiet
+HUB_SRC: Path | None = None  # --hub-src  # extra flags for the generator (--node-flag)
 
 TARGET_A_DELIVERIES = 50_000  # deliveries/s, one stream, 1,000 subscribers
 TARGET_B_P99_MS = 10.0  # p99 commit -> receipt, orders scenario
@@ -102,7 +103,7 @@ class Hub:
     ) -> None:
         self.extra_env = extra_env or {}
         self.tmp = Path(tempfile.mkdtemp(prefix="hub-fanout-"))
-        self.src = ROOT
+        self.src = HUB_SRC or ROOT
         if rev is not None:  # run that commit of the hub, exported, not the work tree
             self.src = self.tmp / "src"
             self.src.mkdir()
@@ -415,7 +416,9 @@ def header(rev: str | None) -> str:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    if rev is not None:
+    if HUB_SRC is not None:
+        hub = f"from {HUB_SRC}"
+    elif rev is not None:
         hub = "git " + out("git", "-C", str(ROOT), "rev-parse", "--short", rev)
     else:
         dirty = out("git", "-C", str(ROOT), "status", "--porcelain", "--", "hub")
@@ -447,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--hub-rev",
         help="run this git revision of the hub (exported to the temp dir) instead of the work tree",
+    )
+    p.add_argument(
+        "--hub-src", type=Path, help="run the hub from this directory (diagnostics: a patched copy)"
     )
     p.add_argument("--json", type=Path, help="also write the raw results here")
     p.add_argument(
@@ -495,8 +501,9 @@ def main(argv: list[str] | None = None) -> int:
     print(header(args.hub_rev), flush=True)
     hub_env = dict(kv.split("=", 1) for kv in args.hub_env)
     NODE_FLAGS.extend(args.node_flag)
-    global QUIET_WAIT_S
+    global QUIET_WAIT_S, HUB_SRC
     QUIET_WAIT_S = args.wait_quiet
+    HUB_SRC = args.hub_src
     results: list[dict[str, Any]] = []
     ok = True
 

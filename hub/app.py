@@ -50,6 +50,23 @@ class Raw(Response):
     media_type = "application/json"
 
 
+class QuietClientErrors(logging.Filter):
+    """Log a client's protocol error (e.g. invalid UTF-8) as one line, not a traceback.
+
+    Any client can send such frames; the socket is closed with the right code either way,
+    and a traceback per frame would let one client flood the log.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and "received from client" in record.getMessage():
+            record.exc_info = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_QUIET = QuietClientErrors()
+
+
 class StaticPages:
     """The web UI's files for GET and HEAD; anything else under no route is a 404."""
 
@@ -100,6 +117,7 @@ async def read_json(request: Request, limit: int) -> Any:
 
 def create_app(settings: Settings, *, static_dir: Path | None = STATIC_DIR) -> Starlette:
     """Build the hub's ASGI app around one node."""
+    logging.getLogger("uvicorn.error").addFilter(_QUIET)  # adding it twice is a no-op
     node = Node(settings)
     archive = node.archive = open_archive(settings.archive_url)
     tenants = Tenants(settings.tenant_db, settings.public_db,

@@ -43,17 +43,13 @@ MAX_DEPTH = 32  # nesting levels of a payload
 
 def json_depth(value: object, limit: int = MAX_DEPTH) -> int:
     """Nesting depth of a parsed JSON value, counting no further than ``limit + 1``."""
-    depth, level = 0, [value]
+    depth = 0
+    level: list[Any] = [value] if isinstance(value, dict | list) else []
     while level and depth <= limit:
         depth += 1
-        nxt: list[object] = []
-        for v in level:
-            if isinstance(v, dict):
-                nxt.extend(v.values())
-            elif isinstance(v, list):
-                nxt.extend(v)
-        level = nxt
-    return depth - 1 if not level else depth
+        level = [c for v in level for c in (v.values() if isinstance(v, dict) else v)
+                 if isinstance(c, dict | list)]  # fmt: skip
+    return depth
 
 
 class Opcode:

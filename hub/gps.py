@@ -17,6 +17,7 @@ import heapq
 import json
 import logging
 import time
+from collections import deque
 
 from hub.broker import Notice
 from hub.events import Opcode, now_ts
@@ -45,7 +46,7 @@ class Gps:
         self._due: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
         self._streams: dict[str, tuple[float, list[str]]] = {}
-        self._window: dict[str, tuple[float, int]] = {}  # driver -> (second, pings in it)
+        self._window: dict[str, deque[float]] = {}  # driver -> times of pings in the last 1 s
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -64,13 +65,15 @@ class Gps:
                 await self._write(driver, lat, lng)
 
     def _allowed(self, driver: str, now: float) -> bool:
-        second = int(now)
-        start, count = self._window.get(driver, (second, 0))
-        if start != second:
-            start, count = second, 0
-        if count >= self.max_rate:
+        """A sliding one-second window: at most ``max_rate`` pings in any second."""
+        window = self._window.get(driver)
+        if window is None:
+            window = self._window[driver] = deque()
+        while window and now - window[0] >= 1.0:
+            window.popleft()
+        if len(window) >= self.max_rate:
             return False
-        self._window[driver] = (start, count + 1)
+        window.append(now)
         return True
 
     async def ping(self, driver: str, lat: float, lng: float) -> bool:

@@ -35,7 +35,7 @@ from typing import Any
 from hub.archiver import Archiver
 from hub.auth import Principal, Role
 from hub.db import GuardFailed
-from hub.errors import Conflict, Forbidden, NotFound, Unprocessable
+from hub.errors import Conflict, Forbidden, HubError, NotFound, Unprocessable
 from hub.events import (
     STREAM_ID_RE,
     Event,
@@ -142,6 +142,28 @@ class OrderState:
         self.driver: str | None = assign.payload_obj.get("driver") if assign else None
         self.status = order_status(self.events) or "placed"
 
+    def check_items(self) -> None:
+        """Refuse an ORDER_CREATE written by hand whose items the steps cannot use."""
+        raw = self.payload.get("items")
+        items: list[Any] = raw if isinstance(raw, list) else []
+        ok = 1 <= len(items) <= MAX_ITEMS
+        seen: set[str] = set()
+        for item in items:
+            pid = item.get("productId") if isinstance(item, dict) else None
+            qty = item.get("qty") if isinstance(item, dict) else None
+            if (not isinstance(pid, str) or not pid.strip() or len(pid) > 128 or pid in seen
+                    or isinstance(qty, bool) or not isinstance(qty, int)
+                    or not 1 <= qty <= MAX_QTY):  # fmt: skip
+                ok = False
+                break
+            seen.add(pid)
+        restaurant, customer = self.payload.get("restaurant"), self.payload.get("customer")
+        if not ok or not isinstance(restaurant, str) or not isinstance(customer, str):
+            raise Unprocessable("this order's ORDER_CREATE is not one the order steps can use",
+                                code="invalid_order")  # fmt: skip
+        if self.created.delta < 0:
+            raise Unprocessable("this order's total is negative", code="invalid_order")
+
     @property
     def customer(self) -> str:
         return str(self.payload.get("customer"))
@@ -234,6 +256,8 @@ class Orders:
 
     async def _restaurant_node(self, restaurant: str) -> tuple[str, float | None, float | None]:
         """The restaurant's node id and location (from its own DB)."""
+        if not self.tenants.exists(restaurant):
+            raise Unprocessable(f"unknown restaurant {restaurant!r}", code="unknown_restaurant")
         db = self.tenants.tenant(restaurant)
         r = await db.execute(
             "SELECT n.id, p.lat, p.lng FROM nodes n LEFT JOIN points p ON p.nodeId = n.id"
@@ -420,7 +444,7 @@ class Orders:
             raise Unprocessable("body must be a JSON object", code="invalid_body")
         method = _str(body, "method", max_len=32)
         last4 = body.get("cardLast4")
-        if last4 is not None and (not isinstance(last4, str) or not re.fullmatch(r"\d{4}", last4)):
+        if last4 is not None and not (isinstance(last4, str) and re.fullmatch(r"[0-9]{4}", last4)):
             raise Unprocessable("cardLast4 must be 4 digits", code="invalid_body")
         async with self._locked(order_id):
             state = await self._member_state(who, order_id, Role.CUSTOMER)
@@ -443,6 +467,7 @@ class Orders:
         est = _int(body, "estMinutes", lo=1, hi=600)
         async with self._locked(order_id):
             state = await self._member_state(who, order_id, Role.RESTAURANT)
+            state.check_items()
             done = all(state.has(s) for s in ("task", "start")) and all(
                 state.has(f"sale.{i['productId']}") for i in state.items)
             if done:
@@ -509,6 +534,7 @@ class Orders:
         actual = _int(body, "actualMinutes", lo=0, hi=600)
         async with self._locked(order_id):
             state = await self._member_state(who, order_id, Role.RESTAURANT)
+            state.check_items()
             if state.has("done"):
                 # Step 5 is written; a retry only completes Step 6 if that is missing.
                 if state.has("assign") or state.status != "ready":
@@ -601,6 +627,8 @@ class Orders:
             try:
                 if not await self.assign(order_id):
                     return  # no idle driver left
+            except HubError as exc:
+                log.warning("cannot assign %s: %s", order_id, exc)
             except Exception:
                 log.exception("assigning %s failed", order_id)
 
@@ -612,6 +640,7 @@ class Orders:
         confirmed = _int(body, "confirmedItems", lo=0, hi=MAX_ITEMS * MAX_QTY)
         async with self._locked(order_id):
             state = await self._member_state(who, order_id, Role.DRIVER)
+            state.check_items()
             self._turn(state, ["assigned"], "ship")
             if confirmed is None:
                 confirmed = sum(int(i["qty"]) for i in state.items)
@@ -627,7 +656,8 @@ class Orders:
         async with self._locked(order_id):
             state = await self._member_state(who, order_id, Role.DRIVER)
             driver = state.driver
-            assert driver is not None
+            if driver is None or state.status not in ("picked_up", "delivered"):
+                raise Conflict(f"not now: order is {state.status}", code="out_of_turn")
             public = self.tenants.public
             r = await public.execute(
                 "SELECT id FROM points WHERE claim = ? AND workspaceId = ?", [order_id, driver]
