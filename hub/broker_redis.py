@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from hub.broker import Deliver, Message, Notice, routes
@@ -89,6 +90,9 @@ class RedisBroker:
         self._confirm: dict[str, asyncio.Future[None]] = {}
         self._pubsub: Any = None
         self._connected = False
+        self._up = asyncio.Event()  # set while the listener is connected (wakes the publisher)
+        self._publish_error: str | None = None
+        self._resync_after = 0  # confirmations still awaited before one more resync
         self._ever_connected = False
         self._error = "not connected yet"
         self._outbox: deque[tuple[str, bytes]] = deque()
@@ -118,6 +122,9 @@ class RedisBroker:
         if self._closed:
             return
         self._closed = True
+        if self._outbox and self._connected:  # hand what is queued to Redis, briefly
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._drain(), 2.0)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -131,7 +138,11 @@ class RedisBroker:
                 fut.cancel()
 
     def health(self) -> str:
-        return "ok" if self._connected else f"failing: {self._error}"
+        if not self._connected:
+            return f"failing: {self._error}"
+        if self._publish_error is not None:
+            return f"failing: {self._publish_error}"
+        return "ok"
 
     # -- publishing --------------------------------------------------------------
 
@@ -161,24 +172,43 @@ class RedisBroker:
         while True:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
-            while self._outbox:
-                batch = [self._outbox.popleft()
-                         for _ in range(min(PUBLISH_BATCH, len(self._outbox)))]  # fmt: skip
+            try:
+                await self._drain()
+                backoff = 0.1
+            except (RedisError, OSError) as exc:
+                if self._publish_error is None:
+                    log.warning("publishing to redis fails (%s); retrying", exc)
+                self._publish_error = f"publish: {exc}"
+                pause = backoff * (1 + random.random())
+                if self._connected:  # Redis is there but refuses: plain backoff
+                    await asyncio.sleep(pause)
+                else:  # wait for the listener to see Redis back, or the backoff
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._up.wait(), pause)
+                backoff = min(MAX_BACKOFF, backoff * 2)
+                self._outbox_ready.set()
+
+    async def _drain(self) -> None:
+        """Send the outbox in batches; on failure the batch goes back to its front."""
+        while self._outbox:
+            batch = [self._outbox.popleft()
+                     for _ in range(min(PUBLISH_BATCH, len(self._outbox)))]  # fmt: skip
+            try:
                 try:
                     await self._send(batch)
-                    if self._dropped:
-                        self._dropped = False
-                        await self._send([("", RESYNC + self.instance)], ctl=True)
-                    backoff = 0.1
-                except (RedisError, OSError) as exc:
-                    self._error = f"publish: {exc}"
-                    # Put the batch back (a repeat is harmless: receivers drop duplicates).
-                    room = self.max_outbox - len(self._outbox)
-                    if room < len(batch):
-                        self._dropped = True
-                    self._outbox.extendleft(reversed(batch[:max(room, 0)]))
-                    await asyncio.sleep(backoff * (1 + random.random()))
-                    backoff = min(MAX_BACKOFF, backoff * 2)
+                except (RedisConnectionError, OSError):
+                    await self._send(batch)  # a pooled connection gone stale: once more at once
+            except (RedisError, OSError):
+                # Put it back (a repeat is harmless: receivers drop duplicates).
+                room = self.max_outbox - len(self._outbox)
+                if room < len(batch):
+                    self._dropped = True
+                self._outbox.extendleft(reversed(batch[: max(room, 0)]))
+                raise
+            if self._dropped:
+                self._dropped = False
+                await self._send([("", RESYNC + self.instance)], ctl=True)
+            self._publish_error = None
 
     async def _send(self, batch: list[tuple[str, bytes]], *, ctl: bool = False) -> None:
         assert self._client is not None
@@ -228,6 +258,7 @@ class RedisBroker:
     async def _drop_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
         self._connected = False
+        self._up.clear()
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
@@ -255,6 +286,7 @@ class RedisBroker:
         assert self._client is not None
         pubsub = self._client.pubsub()
         self._pubsub = pubsub
+        self._resync_after = 0
         subscribed = set(self._channels)
         if subscribed:
             await self._subscribe_cmd(pubsub, *(self.prefix + c for c in subscribed))
@@ -280,21 +312,28 @@ class RedisBroker:
             name = channel.decode() if isinstance(channel, bytes) else channel
             if kind in ("subscribe", "ssubscribe"):
                 if name == self.ctl and not self._connected:
+                    self._connected = True  # from here on subscribe() goes straight to Redis
+                    self._error = ""
+                    self._up.set()
                     # Channels (un)subscribed while this session was being set up.
                     gained = self._channels - subscribed
                     lost = subscribed - self._channels
                     if gained:
+                        # Resync once more when these are confirmed, too.
+                        self._resync_after = len(gained)
                         await self._subscribe_cmd(pubsub, *(self.prefix + c for c in gained))
                     if lost:
                         cmd = "SUNSUBSCRIBE" if self.sharded else "UNSUBSCRIBE"
                         await pubsub.execute_command(cmd, *(self.prefix + c for c in lost))
-                    self._connected = True
-                    self._error = ""
                     if self._ever_connected and self.metrics is not None:
                         self.metrics.redis_reconnects.inc()
                     self._ever_connected = True
                     if self._on_resync is not None:
                         self._on_resync()  # backfill whatever Redis may have lost
+                elif self._resync_after > 0:
+                    self._resync_after -= 1
+                    if self._resync_after == 0 and self._on_resync is not None:
+                        self._on_resync()
                 fut = self._confirm.pop(name, None) if name else None
                 if fut is not None and not fut.done():
                     fut.set_result(None)

@@ -57,6 +57,7 @@ class Settings:
     db_auth_token: str | None = None
     redis_url: str | None = None
     redis_sharded: bool = False
+    redis_prefix: str = "hub:"  # channel name prefix: one per deployment sharing a Redis
     archive_url: str = ""
     secret: str = field(default="", repr=False)
     archive_delay: float = 0.0
@@ -98,6 +99,7 @@ class Settings:
             db_auth_token=e.get("HUB_DB_AUTH_TOKEN") or None,
             redis_url=e.get("HUB_REDIS_URL") or None,
             redis_sharded=(e.get("HUB_REDIS_SHARDED") or "").lower() in {"1", "true", "yes"},
+            redis_prefix=e.get("HUB_REDIS_PREFIX") or "hub:",
             archive_url=e.get("HUB_ARCHIVE_URL", ""),
             secret=e.get("HUB_SECRET", ""),
             archive_delay=_float(e, "HUB_ARCHIVE_DELAY", 0.0),

@@ -74,7 +74,7 @@ class Node:
             from hub.broker_redis import RedisBroker
 
             return RedisBroker(self.settings.redis_url, sharded=self.settings.redis_sharded,
-                               metrics=self.metrics)  # fmt: skip
+                               prefix=self.settings.redis_prefix, metrics=self.metrics)  # fmt: skip
         return MemoryBroker()
 
     async def start(self) -> None:
