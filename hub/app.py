@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -64,7 +65,26 @@ class QuietClientErrors(logging.Filter):
         return True
 
 
+class RedactTokens(logging.Filter):
+    """Never write a token to the logs: ``?token=...`` in a logged URL becomes ``[redacted]``."""
+
+    _TOKEN = re.compile(r"((?:^|[?&])token=)[^&\s\"]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(
+            isinstance(a, str) and "token=" in a for a in record.args
+        ):
+            record.args = tuple(
+                self._TOKEN.sub(r"\1[redacted]", a) if isinstance(a, str) else a
+                for a in record.args
+            )
+        if isinstance(record.msg, str) and "token=" in record.msg:
+            record.msg = self._TOKEN.sub(r"\1[redacted]", record.msg)
+        return True
+
+
 _QUIET = QuietClientErrors()
+_REDACT = RedactTokens()
 
 
 class StaticPages:
@@ -118,6 +138,8 @@ async def read_json(request: Request, limit: int) -> Any:
 def create_app(settings: Settings, *, static_dir: Path | None = STATIC_DIR) -> Starlette:
     """Build the hub's ASGI app around one node."""
     logging.getLogger("uvicorn.error").addFilter(_QUIET)  # adding it twice is a no-op
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).addFilter(_REDACT)
     node = Node(settings)
     archive = node.archive = open_archive(settings.archive_url)
     tenants = Tenants(settings.tenant_db, settings.public_db,

@@ -72,6 +72,8 @@ class Settings:
     ws_queue_frames: int = 1024
     ws_max_frame_bytes: int = 64 << 10
     ws_max_per_token: int = 256  # open sockets per tenant and role
+    # Browser origins allowed to open sockets: () = the hub's own origin only; ("*",) = any.
+    allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Fill the defaults that derive from data_dir.
@@ -106,4 +108,8 @@ class Settings:
             delivery_fee=_float(e, "HUB_DELIVERY_FEE", 5.00),
             driver_payout=_float(e, "HUB_DRIVER_PAYOUT", 12.00),
             ws_stall_timeout=_float(e, "HUB_WS_STALL_TIMEOUT", 30.0),
+            allowed_origins=tuple(
+                o.strip().rstrip("/") for o in (e.get("HUB_ALLOWED_ORIGINS") or "").split(",")
+                if o.strip()
+            ),
         )

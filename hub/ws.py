@@ -35,7 +35,7 @@ from hub.errors import CloseCode, HubError
 from hub.events import Event, check_stream_id
 from hub.node import Node
 
-__all__ = ["Feed", "InboxEndpoint", "StreamEndpoint"]
+__all__ = ["Feed", "InboxEndpoint", "StreamEndpoint", "origin_allowed"]
 
 log = logging.getLogger("hub.ws")
 
@@ -300,6 +300,23 @@ def _query(scope: Scope) -> dict[str, str]:
     return {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
 
 
+def origin_allowed(scope: Scope, allowed: tuple[str, ...]) -> bool:
+    """Cross-site WebSocket hijacking guard: a browser's ``Origin`` must be allowed.
+
+    Clients that send no ``Origin`` (servers, mobile apps) are not browsers and pass.
+    With no allow-list, only the hub's own origin (same host and port) passes.
+    """
+    headers = dict(scope.get("headers", []))
+    origin = headers.get(b"origin")
+    if origin is None:
+        return True
+    value = origin.decode("latin-1").rstrip("/")
+    if "*" in allowed or value in allowed:
+        return True
+    host = headers.get(b"host", b"").decode("latin-1")
+    return bool(host) and value.split("://", 1)[-1] == host
+
+
 def _token(scope: Scope, query: dict[str, str]) -> str | None:
     for name, value in scope.get("headers", []):
         if name == b"authorization":
@@ -337,6 +354,8 @@ class _Endpoint:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> int | None:
         node = self.node
+        if not origin_allowed(scope, node.settings.allowed_origins):
+            return int(CloseCode.FORBIDDEN)
         query = _query(scope)
         try:
             who = decode_token(node.settings.secret, _token(scope, query))
