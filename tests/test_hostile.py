@@ -26,6 +26,7 @@ import http.client
 import json
 import os
 import re
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -1207,3 +1208,57 @@ def test_stream_ids_are_refused_before_storage(seeded: HubProcess) -> None:
         new = data_files(data) - files
         assert all(f.startswith("archive/") for f in new), new
         assert any(odd in f for f in new), new
+
+
+INJECTIONS = [
+    "'; DROP TABLE events; --",
+    "\" OR 1=1 --",
+    "x'); DELETE FROM points; --",
+    "1; UPDATE points SET qty = 0",
+    "Robert'); DROP TABLE nodes;--",
+]
+
+
+@pytest.mark.parametrize("attack", INJECTIONS)
+def test_sql_injection_in_every_string_field_is_stored_as_data(
+    seeded: HubProcess, attack: str
+) -> None:
+    """SQL in any string field is stored verbatim as data; no table is touched."""
+    data = seeded.data_dir
+    with client(seeded) as c:
+        before = stock(c)
+        oid = new_sid("inj")
+        r = c.post("/api/orders", headers=ALI, json={
+            "orderId": oid, "restaurant": "bab-hara", "deliveryAddress": attack, "notes": attack,
+            "items": [{"productId": "prod-shw", "qty": 1}]})  # fmt: skip
+        assert r.status_code == 201, r.text
+        order_step(c, oid, "pay", ALI, {"method": attack})
+        order_step(c, oid, "accept", KITCHEN, {"chef": attack, "station": attack})
+        sid = new_sid("inj-raw")
+        draft = {"opcode": 102, "nodeId": attack, "pointId": attack,
+                 "payload": {attack: attack, "nested": [attack]}}  # fmt: skip
+        stored = append(c, sid, [draft], PLATFORM)
+        got = c.get(f"/api/streams/{sid}", headers=PLATFORM).json()["events"]
+        assert got == stored
+        assert (got[0]["nodeId"], got[0]["pointId"]) == (attack, attack)
+        assert got[0]["payload"] == {attack: attack, "nested": [attack]}
+        order = c.get(f"/api/streams/{oid}", headers=ALI).json()["events"]
+        assert order[0]["payload"]["deliveryAddress"] == attack
+        assert order[0]["payload"]["notes"] == attack
+        assert order[1]["payload"]["method"] == attack
+        assert order[3]["payload"] == {"chef": attack, "station": attack}
+        # Every table is still there and only the order's own stock moved.
+        after = stock(c)
+        assert after["prod-shw"] == before["prod-shw"] - 1
+        assert after["prod-lbn"] == before["prod-lbn"]
+    for db, tables in ((data / "streams.db", {"events", "streams", "members"}),
+                       (data / "tenants" / "bab-hara.db", {"nodes", "points"}),
+                       (data / "public.db", {"nodes", "points"})):  # fmt: skip
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+            names = {r[0] for r in conn.execute(sql)}
+        finally:
+            conn.close()
+        assert tables <= names, (db, names)
+    assert_log_clean(seeded)
