@@ -43,6 +43,8 @@ def auth(tenant: str, role: str) -> dict[str, str]:
 class HubProcess:
     """A hub served by uvicorn in its own process, as users run it."""
 
+    log_level = "warning"  # "info" logs every request (as production does)
+
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.port = free_port()
@@ -71,7 +73,7 @@ class HubProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hub", "serve", "--port", str(self.port),
-             "--log-level", "warning", "--graceful-timeout", "5"],
+             "--log-level", self.log_level, "--graceful-timeout", "5"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         log.close()

@@ -1262,3 +1262,53 @@ def test_sql_injection_in_every_string_field_is_stored_as_data(
             conn.close()
         assert tables <= names, (db, names)
     assert_log_clean(seeded)
+
+
+class VerboseHub(HubProcess):
+    """A hub logging every request, as production does."""
+
+    log_level = "info"
+
+
+def test_tokens_never_reach_the_logs(tmp_path: Path) -> None:
+    """Tokens in ?token= (HTTP and WebSocket) and headers never appear in the hub's log."""
+    hub = VerboseHub(tmp_path / "data").start()
+    try:
+        ali = token("ali", "customer")
+        with client(hub) as c:
+            c.get(f"/api/streams/s1?token={ali}")
+            c.get("/api/streams/s1", headers={"authorization": f"Bearer {ali}"})
+        with ws_open(hub, f"/ws/inbox?since=0&token={ali}") as conn:
+            assert recv_json(conn)["type"] == "live"
+    finally:
+        hub.stop()
+    log = hub.log()
+    assert "token=[redacted]" in log  # the request lines are there, without the token
+    assert ali not in log
+    assert ali.split(".")[2] not in log  # not even the signature
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed", "opens"),
+    [
+        (None, "", True),  # not a browser
+        ("http://127.0.0.1:{port}", "", True),  # the hub's own pages
+        ("https://evil.example", "", False),  # cross-site WebSocket hijacking
+        ("https://app.example", "https://app.example,https://ops.example", True),
+        ("https://evil.example", "https://app.example", False),
+        ("https://evil.example", "*", True),
+    ],
+)
+def test_websocket_origin_allow_list(
+    hub_factory: Callable[..., HubProcess], origin: str | None, allowed: str, opens: bool
+) -> None:
+    """A browser socket from an origin that is not allowed is closed 4403 before anything."""
+    hub = hub_factory(env={"HUB_ALLOWED_ORIGINS": allowed} if allowed else None)
+    headers = dict(ALI)
+    if origin is not None:
+        headers["origin"] = origin.format(port=hub.port)
+    with ws_open(hub, "/ws/inbox", headers) as conn:
+        if opens:
+            assert recv_json(conn)["type"] == "live"
+        else:
+            assert closed_with(conn) == (4403, [])
