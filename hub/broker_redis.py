@@ -18,10 +18,36 @@ truth and every subscriber can re-read it:
 - duplicates (an event seen by backfill and by Redis) are dropped by ``seq``/``pos``, and
   a ``seq`` gap on a stream is filled from the store before the later event is sent.
 
-Messages carry the encoded event, so receivers deliver without a database read. With
-``sharded=True`` the broker uses SSUBSCRIBE/SPUBLISH (Redis 7 sharded pub/sub), so
-channels spread over a cluster's shards; redis-py's asyncio PubSub has no
-``get_sharded_message``: sharded messages arrive through ``get_message`` as ``smessage``.
+Messages carry the encoded event, so receivers deliver without a database read.
+
+Sharded mode (``sharded=True``) uses SSUBSCRIBE/SPUBLISH (Redis 7 sharded pub/sub) for
+the stream and inbox channels; ``hub:ctl`` stays plain pub/sub. redis-py's asyncio
+``PubSub`` has no ``get_sharded_message`` (only its ``ClusterPubSub`` does): sharded
+messages arrive through ``get_message`` with type ``smessage``. Against one server (or
+a proxy that accepts every slot) one connection carries everything, as in plain mode.
+
+Against a real multi-shard Redis Cluster (``cluster=True``, or ``None``: asked once with
+``INFO cluster``) a shard channel lives on the master that owns its hash slot, and a
+node answers MOVED for slots it does not own and CROSSSLOT for SSUBSCRIBEs that span
+slots. So in cluster mode:
+
+- the broker keeps the slot map itself (``CLUSTER SLOTS``, asked of any known node) and
+  one small client per master; it is asked again at every listener session and after
+  any failed publish;
+- the publisher groups each batch by master and sends one SPUBLISH pipeline per master
+  (concurrently, each in commit order); a master that fails keeps only its own messages
+  in the outbox (the others are sent), so a channel's messages are never reordered;
+  ``hub:ctl`` is PUBLISHed on any one master (a cluster broadcasts PUBLISH to all nodes);
+- a listener session holds one pub/sub connection per master, each read by its own
+  task (owned and awaited by the listener task): each connection SSUBSCRIBEs the
+  channels of its master's slots (one command per slot), then SUBSCRIBEs ``hub:ctl``
+  (confirmed last: everything before it is live). The session is live, and resyncs,
+  once every connection has confirmed ``hub:ctl``; ``hub:ctl`` messages are taken from
+  one connection only;
+- any failure on any connection, a MOVED/CLUSTERDOWN reply, or a shard channel that the
+  server unsubscribes by itself (its slot migrated to another master) ends the whole
+  session: the listener reconnects with backoff, with a fresh slot map, re-subscribes
+  and resyncs. Live delivery between instances therefore needs every master reachable.
 
 Overflow policy: the outbox holds at most ``max_outbox`` messages; past that the oldest
 are dropped and a resync is broadcast once Redis answers again.
@@ -35,13 +61,16 @@ import json
 import logging
 import random
 import secrets
-from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.crc import key_slot
+from redis.exceptions import AskError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from hub.broker import Deliver, Message, Notice, routes
 from hub.events import Event
@@ -58,6 +87,10 @@ CONFIRM_TIMEOUT = 2.0
 IDLE_PING = 5.0  # seconds of silence before the listener pings Redis
 DEAD_AFTER = 15.0  # seconds of silence (no reply to pings) before reconnecting
 MAX_BACKOFF = 5.0
+SLOTS = 16384  # Redis Cluster hash slots
+CLIENT_OPTIONS: dict[str, Any] = {
+    "socket_connect_timeout": 2, "socket_timeout": 10, "health_check_interval": 0,
+}  # fmt: skip
 
 
 def _event_from_json(data: bytes) -> Event:
@@ -70,13 +103,56 @@ def _event_from_json(data: bytes) -> Event:
     )  # fmt: skip
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _node_url(url: str, host: str, port: int) -> str:
+    """``url`` (scheme, credentials, options) pointed at one cluster node, database 0."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    netloc = f"{userinfo}@{address}" if userinfo else address
+    return urlunsplit((parts.scheme, netloc, "", parts.query, ""))
+
+
+def _parse_slots(reply: Any, asked_host: str) -> tuple[list[str | None], list[str]]:
+    """A ``CLUSTER SLOTS`` reply as (slot -> master "host:port", sorted masters)."""
+    slots: list[str | None] = [None] * SLOTS
+    masters: set[str] = set()
+    for entry in reply:
+        start, end, primary = int(entry[0]), int(entry[1]), entry[2]
+        host = _text(primary[0])
+        if host == "?":  # the node's endpoint is unknown: leave its slots uncovered
+            continue
+        name = f"{host or asked_host}:{int(primary[1])}"  # "" = the node that answered
+        masters.add(name)
+        slots[start : end + 1] = [name] * (end - start + 1)
+    return slots, sorted(masters)
+
+
+class _Rerouted(RedisError):
+    """The cluster's slot map changed under a listener session."""
+
+
+@dataclass(eq=False)
+class _Link:
+    """A cluster listener session's pub/sub connection to one master."""
+
+    node: str
+    pubsub: Any
+    live: bool = False  # hub:ctl confirmed: every SSUBSCRIBE sent before it is live
+    unsubscribing: Counter[str] = field(default_factory=Counter)  # SUNSUBSCRIBEs unanswered
+
+
 class RedisBroker:
     """Pub/sub between hub instances through Redis (see the module docstring)."""
 
     ordered = False  # messages of different instances may arrive out of pos order
 
-    def __init__(self, url: str, *, sharded: bool = False, prefix: str = "hub:",
-                 metrics: Metrics | None = None, max_outbox: int = 20_000) -> None:  # fmt: skip
+    def __init__(self, url: str, *, sharded: bool = False, cluster: bool | None = None,
+                 prefix: str = "hub:", metrics: Metrics | None = None,
+                 max_outbox: int = 20_000) -> None:  # fmt: skip
         self.url = url
         self.sharded = sharded
         self.prefix = prefix
@@ -100,6 +176,18 @@ class RedisBroker:
         self._dropped = False
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        # Cluster mode (sharded only): None until the server has been asked.
+        self._cluster: bool | None = cluster if sharded else False
+        self._mode_lock = asyncio.Lock()
+        self._nodes: dict[str, aioredis.Redis] = {}  # "host:port" -> client of that master
+        self._slots: list[str | None] = []  # the latest slot map (slot -> "host:port")
+        self._masters: list[str] = []
+        self._stale = True  # ask CLUSTER SLOTS before the next publish
+        self._topology_lock = asyncio.Lock()
+        self._links: dict[str, _Link] = {}  # this session's connections, by master
+        self._route: list[str | None] = []  # this session's slot map
+        self._ctl_link: _Link | None = None  # the connection whose hub:ctl messages count
+        self._kick: asyncio.Future[str] | None = None  # set: end this session (slot map moved)
 
     @property
     def ctl(self) -> str:
@@ -110,9 +198,7 @@ class RedisBroker:
     async def start(self, deliver: Deliver, on_resync: Callable[[], None]) -> None:
         self._deliver = deliver
         self._on_resync = on_resync
-        self._client = aioredis.from_url(
-            self.url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=0
-        )
+        self._client = aioredis.from_url(self.url, **CLIENT_OPTIONS)
         self._tasks = [
             asyncio.create_task(self._listen(), name="hub-redis-listener"),
             asyncio.create_task(self._publish_loop(), name="hub-redis-publisher"),
@@ -130,6 +216,10 @@ class RedisBroker:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self._drop_pubsub()
+        nodes, self._nodes = list(self._nodes.values()), {}
+        for node in nodes:
+            with contextlib.suppress(Exception):
+                await node.aclose()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -143,6 +233,79 @@ class RedisBroker:
         if self._publish_error is not None:
             return f"failing: {self._publish_error}"
         return "ok"
+
+    # -- cluster topology ----------------------------------------------------------
+
+    async def _cluster_mode(self) -> bool:
+        """Whether the sharded channels live on a Redis Cluster (asked once, then kept)."""
+        if self._cluster is None:
+            async with self._mode_lock:
+                if self._cluster is None:
+                    assert self._client is not None
+                    try:
+                        info = await self._client.info("cluster")
+                    except ResponseError as exc:  # INFO refused (an ACL): take one server
+                        log.warning("INFO cluster refused (%s): using one Redis endpoint", exc)
+                        info = {}
+                    self._cluster = bool(info.get("cluster_enabled"))
+                    if self._cluster:
+                        log.info("Redis Cluster: sharded channels follow the slot map")
+        return self._cluster
+
+    def _node(self, name: str) -> aioredis.Redis:
+        """The client of master ``name`` ("host:port"), created on first use."""
+        client = self._nodes.get(name)
+        if client is None:
+            host, _, port = name.rpartition(":")
+            client = aioredis.from_url(_node_url(self.url, host, int(port)), **CLIENT_OPTIONS)
+            self._nodes[name] = client
+        return client
+
+    async def _topology(self, *, fresh: bool = False) -> list[str | None]:
+        """The slot map, asked again (``CLUSTER SLOTS``) when stale or ``fresh``."""
+        async with self._topology_lock:
+            if fresh or self._stale or not self._slots:
+                await self._load_topology()
+            return self._slots
+
+    async def _load_topology(self) -> None:
+        assert self._client is not None
+        seed = urlsplit(self.url).hostname or ""
+        asks: list[tuple[aioredis.Redis, str]] = [
+            (self._node(name), name.rpartition(":")[0]) for name in self._masters
+        ]
+        asks.append((self._client, seed))  # HUB_REDIS_URL, also when the known masters fail
+        error: Exception = RedisError("no cluster node answered")
+        for client, host in asks:
+            try:
+                reply = await cast(Any, client).execute_command("CLUSTER", "SLOTS")
+            except (RedisError, OSError) as exc:
+                error = exc
+                continue
+            try:
+                slots, masters = _parse_slots(reply, host)
+            except (ValueError, TypeError, IndexError) as exc:
+                error = RedisError(f"unreadable CLUSTER SLOTS reply: {exc!r}")
+                continue
+            break
+        else:
+            raise error
+        self._slots, self._masters, self._stale = slots, masters, False
+        for name, node in list(self._nodes.items()):
+            if name not in masters:  # no longer a master: drop its idle connections (the
+                with contextlib.suppress(Exception):  # client stays, closed by close())
+                    await node.connection_pool.disconnect(inuse_connections=False)
+
+    def _by_slot(self, route: list[str | None], names: Iterable[str]) -> dict[str, list[list[str]]]:
+        """Channel names grouped by master, then by slot (one SSUBSCRIBE may not span slots)."""
+        out: dict[str, dict[int, list[str]]] = {}
+        for name in names:
+            slot = key_slot(name.encode())
+            node = route[slot] if route else None
+            if node is None:
+                raise _Rerouted(f"slot {slot} of {name} has no master")
+            out.setdefault(node, {}).setdefault(slot, []).append(name)
+        return {node: list(groups.values()) for node, groups in out.items()}
 
     # -- publishing --------------------------------------------------------------
 
@@ -196,10 +359,13 @@ class RedisBroker:
             try:
                 try:
                     await self._send(batch)
-                except (RedisConnectionError, OSError):
-                    await self._send(batch)  # a pooled connection gone stale: once more at once
+                except (RedisConnectionError, OSError, AskError):
+                    # A pooled connection gone stale, or (cluster) a slot that moved: once
+                    # more at once (the cluster path asks for the slot map first).
+                    await self._send(batch)
             except (RedisError, OSError):
-                # Put it back (a repeat is harmless: receivers drop duplicates).
+                # Put it back (a repeat is harmless: receivers drop duplicates). The cluster
+                # path has removed from ``batch`` what its healthy masters took.
                 room = self.max_outbox - len(self._outbox)
                 if room < len(batch):
                     self._dropped = True
@@ -211,6 +377,9 @@ class RedisBroker:
             self._publish_error = None
 
     async def _send(self, batch: list[tuple[str, bytes]], *, ctl: bool = False) -> None:
+        if self.sharded and await self._cluster_mode():
+            await self._send_cluster(batch, ctl=ctl)
+            return
         assert self._client is not None
         pipe = self._client.pipeline(transaction=False)
         for channel, data in batch:
@@ -221,14 +390,81 @@ class RedisBroker:
                 pipe.publish(name, data)
         await pipe.execute()
 
+    async def _send_cluster(self, batch: list[tuple[str, bytes]], *, ctl: bool) -> None:
+        """SPUBLISH ``batch`` with one pipeline per master. On failure ``batch`` keeps only
+        the messages of the masters that failed (the others were sent), then it raises."""
+        try:
+            slots = await self._topology()
+            if ctl:
+                await self._publish_ctl([data for _, data in batch])
+                return
+            routed = [(slots[key_slot((self.prefix + channel).encode())], channel, data)
+                      for channel, data in batch]  # fmt: skip
+            groups: dict[str | None, list[tuple[str, bytes]]] = {}
+            for node, channel, data in routed:
+                groups.setdefault(node, []).append((self.prefix + channel, data))
+            results = await asyncio.gather(
+                *(self._spublish(node, items) for node, items in groups.items()),
+                return_exceptions=True,
+            )
+            failed = {node for node, r in zip(groups, results, strict=True) if r is not None}
+            if failed:
+                batch[:] = [(channel, data) for node, channel, data in routed if node in failed]
+                error = next(r for r in results if r is not None)
+                assert isinstance(error, BaseException)
+                raise error
+        except Exception:
+            self._stale = True  # ask for the slot map again before the next try
+            raise
+
+    async def _spublish(self, node: str | None, items: list[tuple[str, bytes]]) -> None:
+        if node is None:
+            raise RedisError(f"the slot of {items[0][0]} has no master")
+        pipe = self._node(node).pipeline(transaction=False)
+        for name, data in items:
+            pipe.execute_command("SPUBLISH", name, data)
+        await pipe.execute()
+
+    async def _publish_ctl(self, messages: list[bytes]) -> None:
+        """PUBLISH on hub:ctl through the first master that takes it (a cluster broadcasts)."""
+        error: Exception = RedisError("no cluster master known")
+        for node in self._masters:
+            pipe = self._node(node).pipeline(transaction=False)
+            for data in messages:
+                pipe.publish(self.ctl, data)
+            try:
+                await pipe.execute()
+                return
+            except (RedisError, OSError) as exc:
+                error = exc
+        raise error
+
     # -- subscribing -------------------------------------------------------------
+
+    def _pubsub_of(self, name: str) -> Any:
+        """The connection that carries ``name`` in this session (None: there is none)."""
+        if not self._links:
+            return self._pubsub
+        link = self._link_of(name)
+        return None if link is None else link.pubsub
+
+    def _link_of(self, name: str) -> _Link | None:
+        node = self._route[key_slot(name.encode())] if self._route else None
+        link = self._links.get(node) if node is not None else None
+        if link is None and self._connected:
+            self._reroute(f"no connection for the slot of {name}")
+        return link
+
+    def _reroute(self, why: str) -> None:
+        if self._kick is not None and not self._kick.done():
+            self._kick.set_result(why)
 
     async def subscribe(self, channel: str) -> None:
         self._channels.add(channel)
-        pubsub = self._pubsub
+        name = self.prefix + channel
+        pubsub = self._pubsub_of(name)
         if pubsub is None or not self._connected:
             return  # the listener subscribes it on (re)connect, then resyncs
-        name = self.prefix + channel
         fut = self._confirm.get(name)
         if fut is None or fut.done():
             fut = self._confirm[name] = asyncio.get_running_loop().create_future()
@@ -246,20 +482,32 @@ class RedisBroker:
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
-        pubsub = self._pubsub
-        if pubsub is None or not self._connected:
-            return
+        name = self.prefix + channel
+        if self._links:  # cluster: the connection of the channel's master
+            link = self._link_of(name)
+            if link is None or not self._connected:
+                return
+            link.unsubscribing[name] += 1  # its reply is expected (not a slot that moved)
+            pubsub = link.pubsub
+        else:
+            pubsub = self._pubsub
+            if pubsub is None or not self._connected:
+                return
         with contextlib.suppress(RedisError, OSError):
             cmd = "SUNSUBSCRIBE" if self.sharded else "UNSUBSCRIBE"
-            await pubsub.execute_command(cmd, self.prefix + channel)
+            await pubsub.execute_command(cmd, name)
 
     # -- listening ---------------------------------------------------------------
 
     async def _drop_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
+        pubsubs = [link.pubsub for link in self._links.values()]
+        if self._pubsub is not None:
+            pubsubs.append(self._pubsub)
+        self._pubsub, self._links, self._route, self._ctl_link = None, {}, [], None
+        self._kick = None
         self._connected = False
         self._up.clear()
-        if pubsub is not None:
+        for pubsub in pubsubs:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
 
@@ -270,6 +518,9 @@ class RedisBroker:
                 await self._session()
             except (RedisError, OSError, TimeoutError) as exc:
                 self._error = str(exc) or type(exc).__name__
+            except Exception as exc:  # a bug must not end the listener: log it, go on
+                self._error = f"{type(exc).__name__}: {exc}"
+                log.error("redis listener failed unexpectedly: %s", self._error)
             if self._connected:
                 backoff = 0.1  # it had worked: start the backoff over
             await self._drop_pubsub()
@@ -281,8 +532,46 @@ class RedisBroker:
             await asyncio.sleep(backoff * (1 + random.random()))
             backoff = min(MAX_BACKOFF, backoff * 2)
 
+    async def _went_live(
+        self,
+        subscribed: set[str],
+        sub: Callable[[list[str]], Awaitable[None]],
+        unsub: Callable[[list[str]], Awaitable[None]],
+    ) -> None:
+        """Every connection of the session confirmed hub:ctl: catch up, then resync."""
+        self._connected = True  # from here on subscribe() goes straight to Redis
+        self._error = ""
+        self._up.set()
+        # Channels (un)subscribed while this session was being set up.
+        gained = self._channels - subscribed
+        lost = subscribed - self._channels
+        if gained:
+            # Resync once more when these are confirmed, too.
+            self._resync_after = len(gained)
+            await sub([self.prefix + c for c in gained])
+        if lost:
+            await unsub([self.prefix + c for c in lost])
+        if self._ever_connected and self.metrics is not None:
+            self.metrics.redis_reconnects.inc()
+        self._ever_connected = True
+        if self._on_resync is not None:
+            self._on_resync()  # backfill whatever Redis may have lost
+
+    def _confirmed(self, name: str) -> None:
+        """A (S)SUBSCRIBE confirmation other than the session's first hub:ctl ones."""
+        if self._resync_after > 0:
+            self._resync_after -= 1
+            if self._resync_after == 0 and self._on_resync is not None:
+                self._on_resync()
+        fut = self._confirm.pop(name, None) if name else None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
     async def _session(self) -> None:
         """One pub/sub connection's life: subscribe everything, resync, relay messages."""
+        if self.sharded and await self._cluster_mode():
+            await self._cluster_session()
+            return
         assert self._client is not None
         pubsub = self._client.pubsub()
         self._pubsub = pubsub
@@ -291,6 +580,14 @@ class RedisBroker:
         if subscribed:
             await self._subscribe_cmd(pubsub, *(self.prefix + c for c in subscribed))
         await pubsub.execute_command("SUBSCRIBE", self.ctl)  # confirmed last: all are live
+
+        async def sub(names: list[str]) -> None:
+            await self._subscribe_cmd(pubsub, *names)
+
+        async def unsub(names: list[str]) -> None:
+            await pubsub.execute_command("SUNSUBSCRIBE" if self.sharded else "UNSUBSCRIBE",
+                                         *names)  # fmt: skip
+
         loop = asyncio.get_running_loop()
         last_seen = loop.time()
         pinged = False
@@ -305,39 +602,105 @@ class RedisBroker:
                     pinged = True
                 continue
             last_seen, pinged = now, False
-            kind = msg["type"]
-            if isinstance(kind, bytes):
-                kind = kind.decode()
-            channel = msg["channel"]
-            name = channel.decode() if isinstance(channel, bytes) else channel
+            kind, name = _text(msg["type"]), _text(msg["channel"])
             if kind in ("subscribe", "ssubscribe"):
                 if name == self.ctl and not self._connected:
-                    self._connected = True  # from here on subscribe() goes straight to Redis
-                    self._error = ""
-                    self._up.set()
-                    # Channels (un)subscribed while this session was being set up.
-                    gained = self._channels - subscribed
-                    lost = subscribed - self._channels
-                    if gained:
-                        # Resync once more when these are confirmed, too.
-                        self._resync_after = len(gained)
-                        await self._subscribe_cmd(pubsub, *(self.prefix + c for c in gained))
-                    if lost:
-                        cmd = "SUNSUBSCRIBE" if self.sharded else "UNSUBSCRIBE"
-                        await pubsub.execute_command(cmd, *(self.prefix + c for c in lost))
-                    if self._ever_connected and self.metrics is not None:
-                        self.metrics.redis_reconnects.inc()
-                    self._ever_connected = True
-                    if self._on_resync is not None:
-                        self._on_resync()  # backfill whatever Redis may have lost
-                elif self._resync_after > 0:
-                    self._resync_after -= 1
-                    if self._resync_after == 0 and self._on_resync is not None:
-                        self._on_resync()
-                fut = self._confirm.pop(name, None) if name else None
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
+                    await self._went_live(subscribed, sub, unsub)
+                    fut = self._confirm.pop(name, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(None)
+                else:
+                    self._confirmed(name)
             elif kind in ("message", "smessage"):
+                self._dispatch(name, msg["data"])
+
+    # -- listening to a Redis Cluster ------------------------------------------------
+
+    async def _cluster_session(self) -> None:
+        """One cluster session: a pub/sub connection per master, each read by its own task;
+        it ends (raising) when any of them fails or the slot map moves under it."""
+        route = await self._topology(fresh=True)
+        masters = sorted({node for node in route if node is not None})
+        if not masters:
+            raise _Rerouted("the cluster's slot map names no master")
+        self._route = route
+        self._resync_after = 0
+        subscribed = set(self._channels)
+        groups = self._by_slot(route, (self.prefix + c for c in subscribed))
+        links = self._links = {node: _Link(node, self._node(node).pubsub()) for node in masters}
+        self._ctl_link = links[masters[0]]
+        kick = self._kick = asyncio.get_running_loop().create_future()
+        for node, link in links.items():
+            for names in groups.get(node, []):
+                await link.pubsub.execute_command("SSUBSCRIBE", *names)
+            await link.pubsub.execute_command("SUBSCRIBE", self.ctl)  # confirmed last
+        readers = [asyncio.create_task(self._read_link(link, subscribed),
+                                       name=f"hub-redis-listener-{link.node}")
+                   for link in links.values()]  # fmt: skip
+        try:
+            done, _ = await asyncio.wait([kick, *readers], return_when=asyncio.FIRST_COMPLETED)
+            if kick.done():
+                raise _Rerouted(kick.result())
+            for task in done:
+                task.result()  # a reader's failure ends the session with its error
+            raise RedisError("a pub/sub reader stopped")  # readers only end by failing
+        finally:
+            for task in readers:
+                task.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+
+    async def _cluster_sub(self, names: list[str]) -> None:
+        for node, slot_groups in self._by_slot(self._route, names).items():
+            link = self._links.get(node)
+            if link is None:
+                raise _Rerouted(f"no connection to {node}")
+            for group in slot_groups:
+                await link.pubsub.execute_command("SSUBSCRIBE", *group)
+
+    async def _cluster_unsub(self, names: list[str]) -> None:
+        for node, slot_groups in self._by_slot(self._route, names).items():
+            link = self._links.get(node)
+            if link is None:
+                continue  # never subscribed there
+            for group in slot_groups:
+                link.unsubscribing.update(group)
+                await link.pubsub.execute_command("SUNSUBSCRIBE", *group)
+
+    async def _read_link(self, link: _Link, subscribed: set[str]) -> None:
+        """Relay one master's messages (raises when the connection fails or the slot map
+        moved)."""
+        pubsub = link.pubsub
+        loop = asyncio.get_running_loop()
+        last_seen = loop.time()
+        pinged = False
+        while True:
+            msg = await pubsub.get_message(timeout=1.0)
+            now = loop.time()
+            if msg is None:
+                if now - last_seen > DEAD_AFTER:
+                    raise TimeoutError(f"redis {link.node} stopped answering")
+                if now - last_seen > IDLE_PING and not pinged:
+                    await pubsub.execute_command("PING")
+                    pinged = True
+                continue
+            last_seen, pinged = now, False
+            kind, name = _text(msg["type"]), _text(msg["channel"])
+            if kind in ("subscribe", "ssubscribe"):
+                if name == self.ctl and not link.live:
+                    link.live = True
+                    if not self._connected and all(k.live for k in self._links.values()):
+                        await self._went_live(subscribed, self._cluster_sub, self._cluster_unsub)
+                    fut = self._confirm.pop(name, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(None)
+                else:
+                    self._confirmed(name)
+            elif kind == "sunsubscribe":
+                if link.unsubscribing[name] > 0:
+                    link.unsubscribing[name] -= 1
+                else:  # the server dropped it: its slot moved to another master
+                    raise _Rerouted(f"{link.node} unsubscribed {name} (slot moved)")
+            elif kind == "smessage" or (kind == "message" and link is self._ctl_link):
                 self._dispatch(name, msg["data"])
 
     def _dispatch(self, name: str, data: bytes) -> None:

@@ -29,6 +29,18 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _auto_flag(env: Mapping[str, str], name: str) -> bool | None:
+    """A yes/no setting that may be left to the hub: unset or ``auto`` -> None."""
+    raw = (env.get(name) or "").strip().lower()
+    if raw in {"", "auto"}:
+        return None
+    if raw in {"1", "true", "yes"}:
+        return True
+    if raw in {"0", "false", "no"}:
+        return False
+    raise SettingsError(f"{name} must be 1, 0 or auto, got {raw!r}")
+
+
 def _load_or_create_secret(data_dir: Path) -> str:
     """Return the secret kept in ``data_dir/secret``, creating it once (0600)."""
     path = data_dir / "secret"
@@ -57,6 +69,7 @@ class Settings:
     db_auth_token: str | None = None
     redis_url: str | None = None
     redis_sharded: bool = False
+    redis_cluster: bool | None = None  # sharded on a Redis Cluster; None: ask the server
     redis_prefix: str = "hub:"  # channel name prefix: one per deployment sharing a Redis
     archive_url: str = ""
     secret: str = field(default="", repr=False)
@@ -101,6 +114,7 @@ class Settings:
             db_auth_token=e.get("HUB_DB_AUTH_TOKEN") or None,
             redis_url=e.get("HUB_REDIS_URL") or None,
             redis_sharded=(e.get("HUB_REDIS_SHARDED") or "").lower() in {"1", "true", "yes"},
+            redis_cluster=_auto_flag(e, "HUB_REDIS_CLUSTER"),
             redis_prefix=e.get("HUB_REDIS_PREFIX") or "hub:",
             archive_url=e.get("HUB_ARCHIVE_URL", ""),
             secret=e.get("HUB_SECRET", ""),

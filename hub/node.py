@@ -74,6 +74,7 @@ class Node:
             from hub.broker_redis import RedisBroker
 
             return RedisBroker(self.settings.redis_url, sharded=self.settings.redis_sharded,
+                               cluster=self.settings.redis_cluster,
                                prefix=self.settings.redis_prefix, metrics=self.metrics)  # fmt: skip
         return MemoryBroker()
 
