@@ -9,6 +9,7 @@ decides, given a principal and what the store knows, whether an action is allowe
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,6 +23,7 @@ from hub.store import StreamInfo
 __all__ = [
     "Principal",
     "Role",
+    "TokenCache",
     "authorize_append",
     "authorize_read",
     "decode_token",
@@ -70,6 +72,33 @@ def issue_token(secret: str, tenant: str, role: str, *, ttl: float | None = None
 
 def decode_token(secret: str, token: str | None) -> Principal:
     """Verify ``token`` and return its principal, or raise :class:`Unauthorized`."""
+    return _decode(secret, token)[0]
+
+
+class TokenCache:
+    """Remembers tokens already verified (until they expire), so that a busy client's
+    every request does not pay for HMAC and JSON again. Bounded; oldest dropped first."""
+
+    def __init__(self, secret: str, size: int = 10_000) -> None:
+        self.secret = secret
+        self.size = size
+        self._seen: OrderedDict[str, tuple[Principal, float | None]] = OrderedDict()
+
+    def principal(self, token: str | None) -> Principal:
+        if token:
+            hit = self._seen.get(token)
+            if hit is not None and (hit[1] is None or hit[1] > time.time()):
+                self._seen.move_to_end(token)
+                return hit[0]
+        who, exp = _decode(self.secret, token)
+        assert token is not None
+        self._seen[token] = (who, exp)
+        if len(self._seen) > self.size:
+            self._seen.popitem(last=False)
+        return who
+
+
+def _decode(secret: str, token: str | None) -> tuple[Principal, float | None]:
     if not token:
         raise Unauthorized("a bearer token is required")
     try:
@@ -84,9 +113,11 @@ def decode_token(secret: str, token: str | None) -> Principal:
     if not isinstance(sub, str) or not TENANT_ID_RE.match(sub):
         raise Unauthorized("token subject is not a valid tenant id", code="invalid_token")
     try:
-        return Principal(sub, Role(str(role)))
+        who = Principal(sub, Role(str(role)))
     except ValueError:
         raise Unauthorized(f"unknown role {role!r}", code="invalid_token") from None
+    exp = claims.get("exp")
+    return who, float(exp) if isinstance(exp, int | float) else None
 
 
 def authorize_read(who: Principal, info: StreamInfo | None) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import time
+from collections.abc import Iterable
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -10,10 +14,22 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = ["Metrics"]
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created series only add noise to every scrape
+
+
+class _FramesSent(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily("hub_ws_frames_sent", "Frames sent to clients")
+        family.add_metric([], self.metrics.frames_sent)
+        yield family
 
 
 class Metrics:
@@ -43,7 +59,9 @@ class Metrics:
         self.subscriptions = Gauge(
             "hub_ws_subscriptions", "Active stream and inbox subscriptions", registry=r
         )
-        self.frames_sent = Counter("hub_ws_frames_sent", "Frames sent to clients", registry=r)
+        # Frames sent: a plain int bumped per frame (the hottest path), read at scrape time.
+        self.frames_sent = 0
+        r.register(_FramesSent(self))
         self.slow_fallbacks = Counter(
             "hub_ws_slow_consumer_fallbacks",
             "Times a subscriber fell behind and was switched to reading from the store",
@@ -72,6 +90,29 @@ class Metrics:
         self.archive_failures = Counter(
             "hub_archive_failures", "Archive attempts that failed (retried later)", registry=r
         )
+
+        self.gc_pause = Histogram(
+            "hub_gc_pause_seconds", "Cyclic garbage collector pauses, by generation",
+            ["generation"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+        )  # fmt: skip
+        self._gc_started = 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            pause = time.perf_counter() - self._gc_started
+            self.gc_pause.labels(str(info.get("generation", "?"))).observe(pause)
+
+    def watch_gc(self) -> None:
+        """Time every collection into ``hub_gc_pause_seconds`` (until :meth:`unwatch_gc`)."""
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def unwatch_gc(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,12 +9,14 @@ which delivers to the local :class:`~hub.channels.Channels` of every instance.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from hub.archive import Archive
-from hub.auth import Principal, authorize_append, authorize_read
+from hub.auth import Principal, TokenCache, authorize_append, authorize_read
 from hub.broker import Broker, MemoryBroker
 from hub.channels import Channels
 from hub.config import Settings
@@ -23,7 +25,13 @@ from hub.events import Event, NewEvent, Opcode
 from hub.metrics import Metrics
 from hub.store import AppendResult, Store, StreamInfo, open_store
 
-__all__ = ["ORDER_STATUS", "Node", "order_status"]
+__all__ = ["ORDER_STATUS", "Node", "Watched", "order_status"]
+
+
+class Watched(Protocol):
+    """A socket the node's sweeper checks for stalls."""
+
+    def check_stall(self, now: float) -> None: ...
 
 # The order status an opcode moves a stream to (CONTRACT §4), in step order.
 ORDER_STATUS: dict[int, str] = {
@@ -66,7 +74,11 @@ class Node:
         self.channels = Channels(self.broker)
         # Set by the app: where a driver's location frames go (the GPS service).
         self.location_sink: Callable[[str, float, float], Awaitable[bool]] | None = None
+        self.tokens = TokenCache(settings.secret)
+        self._members: OrderedDict[str, StreamInfo] = OrderedDict()  # known members by stream
         self.sockets_by_subject: dict[str, int] = {}  # "role:tenant" -> open sockets
+        self._watched: set[Watched] = set()
+        self._sweeper: asyncio.Task[None] | None = None
         self.archive: Archive | None = None  # set by the app; where archived streams are read
 
     def _default_broker(self) -> Broker:
@@ -78,14 +90,36 @@ class Node:
                                prefix=self.settings.redis_prefix, metrics=self.metrics)  # fmt: skip
         return MemoryBroker()
 
+    def watch(self, conn: Watched) -> None:
+        """Have the sweeper check ``conn`` for stalls until :meth:`unwatch`."""
+        self._watched.add(conn)
+
+    def unwatch(self, conn: Watched) -> None:
+        self._watched.discard(conn)
+
+    async def _sweep(self) -> None:
+        """One task for every socket's stall check (not a timer per socket)."""
+        period = max(0.05, min(1.0, self.settings.ws_stall_timeout / 4))
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for conn in tuple(self._watched):
+                conn.check_stall(now)
+
     async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep(), name="hub-stall-sweeper")
         await self.store.open()
-        self.store.on_commit = self.broker.publish
+        self.store.on_commit = self._committed
         await self.broker.start(self.channels.deliver, self.channels.resync)
 
     async def close(self) -> None:
         """Stop fan-out, then the store (every task awaited). Idempotent."""
         self.store.on_commit = None
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
         await self.broker.close()
         await self.store.close()
 
@@ -106,9 +140,30 @@ class Node:
         self, who: Principal, stream_id: str, events: Sequence[NewEvent]
     ) -> AppendResult:
         """Authorize and commit an append through the generic event API."""
-        info = await self.store.stream_info(stream_id)
+        if who.is_platform:
+            return await self.commit(stream_id, events)
+        # Membership is never revoked: a remembered member needs no read of the store.
+        info = self._members.get(stream_id)
+        if info is None or who.tenant not in info.members:
+            info = await self.store.stream_info(stream_id)
+            if info is not None:
+                self._remember(info)
         first = authorize_append(who, info, events)
         return await self.commit(stream_id, events, first=first)
+
+    MEMBERS_CACHED = 10_000  # streams whose members are remembered
+
+    def _remember(self, info: StreamInfo) -> None:
+        self._members[info.stream_id] = info
+        self._members.move_to_end(info.stream_id)
+        if len(self._members) > self.MEMBERS_CACHED:
+            self._members.popitem(last=False)
+
+    def _committed(self, result: AppendResult) -> None:
+        """The store's commit hook: remember the members, then fan the events out."""
+        last = result.events[-1].seq if result.events else 0
+        self._remember(StreamInfo(result.stream_id, last, False, dict(result.members)))
+        self.broker.publish(result)
 
     async def commit(
         self, stream_id: str, events: Sequence[NewEvent], *, first: bool = False

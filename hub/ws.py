@@ -9,7 +9,8 @@ The order of work (CONTRACT §5) is what makes resume exact:
    below the last ``seq``/``pos`` sent.
 
 Each connection has one bounded queue and one writer task; the reader, the writer and a
-stall watchdog run together and when one ends the others are cancelled and awaited.
+stall check (one sweeper task per node looks at every socket) end together: when one
+ends the others are cancelled and awaited.
 Overflow policy: a subscriber whose queue fills has its queued live events dropped and
 is fed from the store at the pace its socket drains (it loses nothing). A gap in the
 live feed (a ``seq`` jump) is filled from the store the same way. A socket that drains
@@ -29,7 +30,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from hub.archiver import archived_frame
-from hub.auth import Principal, decode_token
+from hub.auth import Principal
 from hub.broker import Message, Notice, inbox_channel, stream_channel
 from hub.errors import CloseCode, HubError
 from hub.events import Event, check_stream_id
@@ -146,8 +147,11 @@ def error_frame(code: str, message: str) -> str:
     return json.dumps({"type": "error", "error": {"code": code, "message": message}})
 
 
+YIELD_EVERY = 64  # frames a writer sends before letting other tasks run
+
+
 class Connection:
-    """A subscribed socket: reader, writer and stall watchdog."""
+    """A subscribed socket: a reader task and a writer task, watched by the node's sweeper."""
 
     def __init__(self, node: Node, who: Principal, feed: Feed, send: Send, receive: Receive):
         self.node = node
@@ -158,12 +162,27 @@ class Connection:
         self.control: deque[str] = deque()
         self.sending_since: float | None = None
         self.stall_timeout = node.settings.ws_stall_timeout
+        self.stalled = False
+        self._writer: asyncio.Task[None] | None = None
+        self._sent = 0
 
     async def send(self, frame: str) -> None:
         self.sending_since = time.monotonic()
         await self._send({"type": "websocket.send", "text": frame})
         self.sending_since = None
-        self.node.metrics.frames_sent.inc()
+        self.node.metrics.frames_sent += 1
+        self._sent += 1
+        if self._sent % YIELD_EVERY == 0:
+            await asyncio.sleep(0)  # a hot stream must not hold the loop for a whole pass
+
+    def check_stall(self, now: float) -> None:
+        """Called by the node's sweeper: close a socket that drained nothing for too long."""
+        started = self.sending_since
+        if started is not None and now - started > self.stall_timeout and not self.stalled:
+            self.stalled = True
+            self.node.metrics.stalled_closes.inc()
+            if self._writer is not None:
+                self._writer.cancel()
 
     def push_control(self, frame: str) -> None:
         if len(self.control) >= CONTROL_MAX:
@@ -254,28 +273,20 @@ class Connection:
                     error_frame("unknown_frame", "expected a JSON object with type ping|location")
                 )
 
-    async def watchdog(self) -> None:
-        period = max(0.05, min(1.0, self.stall_timeout / 4))
-        while True:
-            await asyncio.sleep(period)
-            started = self.sending_since
-            if started is not None and time.monotonic() - started > self.stall_timeout:
-                self.node.metrics.stalled_closes.inc()
-                raise _Closed(CloseCode.STALLED, "socket drained nothing")
-
     async def run(self) -> int | None:
         """Serve until the client leaves or a close is due; returns the close code to send."""
-        tasks = [
-            asyncio.create_task(self.reader(), name="ws-reader"),
-            asyncio.create_task(self.writer(), name="ws-writer"),
-            asyncio.create_task(self.watchdog(), name="ws-watchdog"),
-        ]
+        self._writer = asyncio.create_task(self.writer(), name="ws-writer")
+        tasks = [asyncio.create_task(self.reader(), name="ws-reader"), self._writer]
+        self.node.watch(self)
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.node.unwatch(self)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self.stalled:
+            return int(CloseCode.STALLED)
         for t in done:
             if t.cancelled():
                 continue
@@ -358,7 +369,7 @@ class _Endpoint:
             return int(CloseCode.FORBIDDEN)
         query = _query(scope)
         try:
-            who = decode_token(node.settings.secret, _token(scope, query))
+            who = node.tokens.principal(_token(scope, query))
         except HubError:
             return int(CloseCode.UNAUTHORIZED)
         key = f"{who.role}:{who.tenant}"
