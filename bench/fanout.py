@@ -30,8 +30,14 @@ package), pinned with ``taskset -c 1``, and measures everything itself: its own 
 ``/proc/<pid>`` over the measured window. Each scenario has a hard time bound; the hub and
 the generator are killed and the temp dir removed whatever happens.
 
-Usage: ``python bench/fanout.py [--quick] [--scenario A|B|all] [--json FILE]``
+The machine is shared: before each scenario the script waits (``--wait-quiet``, up to
+300 s) for a few idle seconds, and every run prints how much CPU other processes took
+during its window; ``--attempts N`` reruns a scenario while that exceeds ``--max-noise``.
+
+Usage: ``python bench/fanout.py [--quick] [--scenario A|B|all] [--hub-rev REV] [--json FILE]``
 (``npm install`` is run in ``bench/loadgen`` when ``node_modules`` is missing).
+Diagnostics: ``--profile PREFIX`` (py-spy on the hub), ``--hub-env K=V``, ``--hub-src DIR``,
+``--trace FILE`` (B: per-request timeline).
 """
 
 from __future__ import annotations
