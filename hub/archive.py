@@ -254,6 +254,11 @@ class LocalArchive:
 def _s3_config(env: Mapping[str, str]) -> tuple[S3Config, bool]:
     """The client settings taken from the standard AWS variables, and whether to allow http."""
     config: S3Config = {}
+    # obstore also reads AWS_* from the process environment itself, where an empty value
+    # (e.g. AWS_ENDPOINT_URL_S3=) is not "unset" but an invalid setting: refuse it here.
+    empty = sorted(k for k, v in env.items() if k.startswith("AWS_") and not v.strip())
+    if empty:
+        raise SettingsError(f"empty AWS setting(s): {', '.join(empty)}; unset them or fill them")
     if key_id := env.get("AWS_ACCESS_KEY_ID"):
         config["access_key_id"] = key_id
     if secret := env.get("AWS_SECRET_ACCESS_KEY"):

@@ -101,12 +101,14 @@ def connect(path: Path, *, busy_timeout: float = BUSY_TIMEOUT_S) -> sqlite3.Conn
 class _Write:
     """One request to the writer thread, run under its own SAVEPOINT."""
 
-    __slots__ = ("future", "result", "weight")
+    __slots__ = ("deadline", "future", "result", "weight")
 
     def __init__(self, future: asyncio.Future[Any], weight: int) -> None:
         self.future = future
         self.weight = weight
         self.result: Any = None
+        # However long it queues, a request waits for a lock at most BUSY_TIMEOUT_S.
+        self.deadline = time.monotonic() + BUSY_TIMEOUT_S
 
     def apply(self, conn: sqlite3.Connection) -> Any:
         raise NotImplementedError
@@ -372,11 +374,33 @@ class FileStore:
         finally:
             conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            err = Unavailable(f"the streams DB is locked or failing: {exc}")
+    def _commit(self, conn: sqlite3.Connection, requests: list[_Write]) -> None:
+        batch = requests
+        while True:
+            now = time.monotonic()
+            expired = [r for r in batch if r.deadline <= now]
+            if expired:  # they waited out their time behind another's lock: answer now
+                for req in expired:
+                    req.result = Unavailable("the streams DB stayed locked; retry")
+                assert self._loop is not None
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(_settle, expired, None)
+            batch = [r for r in batch if r.deadline > now]
+            if not batch:
+                return
+            # Wait for the lock no longer than the most pressed request may, then again
+            # for the others: each request gets its own BUSY_TIMEOUT_S, no more, no less.
+            wait_ms = max(1, int((min(r.deadline for r in batch) - now) * 1000))
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
+                conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    continue
+                err = Unavailable(f"the streams DB is failing: {exc}")
+            except sqlite3.Error as exc:
+                err = Unavailable(f"the streams DB is failing: {exc}")
             for req in batch:
                 req.result = err
             return
