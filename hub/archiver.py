@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import json
 import logging
 import time
@@ -22,6 +21,7 @@ from hub.archive import Archive
 from hub.broker import Notice
 from hub.events import Event, Opcode
 from hub.node import Node
+from hub.timing import DueQueue
 
 __all__ = ["Archiver", "archived_frame"]
 
@@ -43,9 +43,8 @@ class Archiver:
         self.node = node
         self.archive = archive
         self.delay = delay
-        self._due: list[tuple[float, str]] = []
+        self._due: DueQueue[str] = DueQueue()
         self._tries: dict[str, int] = {}
-        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -69,9 +68,7 @@ class Archiver:
         if len(self._due) >= MAX_SCHEDULED:
             log.error("archive queue full; %s is archived at the next start", stream_id)
             return
-        when = time.monotonic() + (self.delay if delay is None else delay)
-        heapq.heappush(self._due, (when, stream_id))
-        self._wake.set()
+        self._due.put(stream_id, time.monotonic() + (self.delay if delay is None else delay))
 
     async def read_all(self, stream_id: str) -> list[Event]:
         events: list[Event] = []
@@ -98,18 +95,7 @@ class Archiver:
 
     async def _run(self) -> None:
         while True:
-            if not self._due:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            when, stream_id = self._due[0]
-            wait = when - time.monotonic()
-            if wait > 0:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
-                continue
-            heapq.heappop(self._due)
+            stream_id = await self._due.next()
             try:
                 await self.archive_now(stream_id)
                 self._tries.pop(stream_id, None)

@@ -9,12 +9,10 @@ owns a bounded queue and its own overflow policy).
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Protocol
 
 from hub.broker import Broker, Message
+from hub.timing import KeyedLocks
 
 __all__ = ["Channels", "Subscriber"]
 
@@ -33,27 +31,11 @@ class Channels:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self._subs: dict[str, set[Subscriber]] = {}
-        # Per-channel lock (with its number of users) so that broker (un)subscribes of
-        # one channel never interleave; dropped when nobody holds or waits for it.
-        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        # Broker (un)subscribes of one channel never interleave.
+        self._locked: KeyedLocks[str] = KeyedLocks()
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._subs.values())
-
-    @asynccontextmanager
-    async def _locked(self, channel: str) -> AsyncIterator[None]:
-        entry = self._locks.get(channel)
-        if entry is None:
-            entry = self._locks[channel] = (asyncio.Lock(), [0])
-        lock, users = entry
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if users[0] == 0:
-                del self._locks[channel]
 
     async def add(self, channel: str, sub: Subscriber) -> None:
         """Register ``sub``; returns once the broker delivers ``channel`` here."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import json
 import logging
 import time
@@ -23,6 +22,7 @@ from hub.broker import Notice
 from hub.events import Opcode, now_ts
 from hub.node import Node
 from hub.tenants import Tenants
+from hub.timing import DueQueue
 
 __all__ = ["Gps"]
 
@@ -43,8 +43,7 @@ class Gps:
         self.max_rate = max_rate
         self._last_write: dict[str, float] = {}
         self._pending: dict[str, tuple[float, float]] = {}
-        self._due: list[tuple[float, str]] = []
-        self._wake = asyncio.Event()
+        self._due: DueQueue[str] = DueQueue()
         self._streams: dict[str, tuple[float, list[str]]] = {}
         self._window: dict[str, deque[float]] = {}  # driver -> times of pings in the last 1 s
         self._task: asyncio.Task[None] | None = None
@@ -90,8 +89,7 @@ class Gps:
             await self._write(driver, lat, lng)
         else:
             if driver not in self._pending:
-                heapq.heappush(self._due, (last + self.interval, driver))
-                self._wake.set()
+                self._due.put(driver, last + self.interval)
             self._pending[driver] = (lat, lng)
         self._forget_old(now)
         await self._fan_out(driver, lat, lng)
@@ -132,18 +130,7 @@ class Gps:
 
     async def _flusher(self) -> None:
         while True:
-            if not self._due:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            due, driver = self._due[0]
-            delay = due - time.monotonic()
-            if delay > 0:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
-                continue
-            heapq.heappop(self._due)
+            driver = await self._due.next()
             pos = self._pending.pop(driver, None)
             if pos is None:
                 continue

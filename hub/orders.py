@@ -26,8 +26,7 @@ import logging
 import math
 import re
 import secrets
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -47,6 +46,7 @@ from hub.events import (
 from hub.gps import Gps
 from hub.node import Node, order_status
 from hub.tenants import Tenants
+from hub.timing import KeyedLocks
 
 __all__ = ["CURRENCY", "OrderState", "Orders"]
 
@@ -200,26 +200,10 @@ class Orders:
         self.archiver = archiver
         self.gps = gps
         self.settings = node.settings
-        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._locked: KeyedLocks[str] = KeyedLocks()  # one step at a time per order
         self._assign = asyncio.Lock()  # one driver assignment at a time in this process
 
     # -- helpers -----------------------------------------------------------------
-
-    @asynccontextmanager
-    async def _locked(self, order_id: str) -> AsyncIterator[None]:
-        """Serialize the steps of one order in this process."""
-        entry = self._locks.get(order_id)
-        if entry is None:
-            entry = self._locks[order_id] = (asyncio.Lock(), [0])
-        lock, users = entry
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if users[0] == 0:
-                del self._locks[order_id]
 
     async def load(self, order_id: str) -> OrderState:
         if not STREAM_ID_RE.match(order_id):

@@ -1,0 +1,391 @@
+#!/usr/bin/env node
+// Load generator for bench/suite.py: the same scenarios as fanout.js, against the PEER apps
+// (bench/peers/*), which speak a plain protocol instead of the hub's:
+//   publish:   POST /publish/{channel}  body {"events": [msg, ...]}  (the app publishes each msg)
+//   subscribe: WebSocket /ws/{channel}, one text frame per msg, the msg's JSON as published
+//              (socket.io: its own protocol via socket.io-client, query ?channel=, event "event")
+// Peers assign no sequence numbers, so each msg carries the generator's own index k (0..n-1 per
+// channel), its channel c and its send time t. Verification per subscriber: every k exactly once
+// (lost / duplicates counted; out-of-order counted but only informative, as with several
+// requests in flight the peers define no order between them) and no msg of another channel.
+// Readiness: peers say nothing when a subscription is active (broadcaster, Channels and
+// socket.io subscribe to Redis asynchronously), so after connecting the generator publishes
+// warm-up msgs every 250 ms until every subscriber has received one.
+// Usage: node peers.js CONFIG.json ; prints {"result": {...}} (same shape as fanout.js).
+'use strict';
+
+const fs = require('fs');
+const http = require('http');
+const { performance, monitorEventLoopDelay } = require('perf_hooks');
+const WebSocket = require('ws');
+
+const cfg = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
+const T0 = performance.now();
+const DEADLINE = T0 + cfg.timeoutS * 1000;
+const agent = new http.Agent({ keepAlive: true, maxSockets: cfg.httpSockets || 64 });
+const PUB_PORT = cfg.pubPort || cfg.port;
+
+function log(...a) {
+  process.stderr.write(`[peers ${((performance.now() - T0) / 1000).toFixed(1)}s] ${a.join(' ')}\n`);
+}
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+const CLK_TCK = cfg.clkTck || 100;
+function procSample(pid) {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const cpu = (Number(f[11]) + Number(f[12])) / CLK_TCK;
+    const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+    const rss = Number((/VmRSS:\s+(\d+)/.exec(status) || [0, 0])[1]) * 1024;
+    return { t: performance.now(), cpu, rss };
+  } catch (e) {
+    return null;
+  }
+}
+function cpuStat() {
+  const out = {};
+  for (const line of fs.readFileSync('/proc/stat', 'utf8').split('\n')) {
+    if (!line.startsWith('cpu')) continue;
+    const f = line.trim().split(/\s+/);
+    const v = f.slice(1).map(Number);
+    out[f[0]] = { busy: v[0] + v[1] + v[2] + v[5] + v[6] + v[7], task: v[0] + v[1] + v[2], irq: v[5] + v[6], steal: v[7], all: v.slice(0, 8).reduce((a, b) => a + b, 0) };
+  }
+  return out;
+}
+class Window {
+  start() {
+    this.hub0 = procSample(cfg.hubPid);
+    this.aux0 = (cfg.auxPids || []).map(procSample);
+    this.stat0 = cpuStat();
+    this.self0 = process.cpuUsage();
+    this.t0 = performance.now();
+    this.samples = [this.hub0];
+    this.eld = monitorEventLoopDelay({ resolution: 2 });
+    this.eld.enable();
+    this.timer = setInterval(() => {
+      const s = procSample(cfg.hubPid);
+      if (s) this.samples.push(s);
+    }, 250);
+  }
+  stop() {
+    clearInterval(this.timer);
+    this.eld.disable();
+    const hub1 = procSample(cfg.hubPid);
+    const aux1 = (cfg.auxPids || []).map(procSample);
+    const stat1 = cpuStat();
+    this.samples.push(hub1);
+    const wall = (performance.now() - this.t0) / 1000;
+    const self = process.cpuUsage(this.self0);
+    const selfCpu = (self.user + self.system) / 1e6;
+    let peak = 0;
+    const s = this.samples.filter(Boolean);
+    for (let i = 0, j = 0; i < s.length; i++) {
+      while (j < s.length && s[j].t - s[i].t < 1000) j++;
+      if (j < s.length) peak = Math.max(peak, (s[j].cpu - s[i].cpu) / ((s[j].t - s[i].t) / 1000));
+    }
+    const hubCpu = hub1 && this.hub0 ? hub1.cpu - this.hub0.cpu : NaN;
+    let auxCpu = 0;
+    aux1.forEach((a, i) => {
+      if (a && this.aux0[i]) auxCpu += a.cpu - this.aux0[i].cpu;
+    });
+    const pct = (k, f) => (100 * (stat1[k][f] - this.stat0[k][f])) / (stat1[k].all - this.stat0[k].all);
+    const machineTaskS = (stat1.cpu.task - this.stat0.cpu.task) / CLK_TCK;
+    const irqS = (stat1.cpu.irq - this.stat0.cpu.irq) / CLK_TCK;
+    return {
+      wallS: wall,
+      hubCpuS: hubCpu,
+      hubCpuPct: (100 * hubCpu) / wall,
+      hubCpuPeak1sPct: 100 * peak,
+      auxCpuPct: (100 * auxCpu) / wall, // redis-server
+      hubRssStartMB: this.hub0 ? this.hub0.rss / 2 ** 20 : NaN,
+      hubRssEndMB: hub1 ? hub1.rss / 2 ** 20 : NaN,
+      hubRssPeakMB: Math.max(...s.map((x) => x.rss)) / 2 ** 20,
+      genCpuS: selfCpu,
+      genCpuPct: (100 * selfCpu) / wall,
+      core0BusyPct: pct('cpu0', 'busy'),
+      core1BusyPct: pct('cpu1', 'busy'),
+      stealPct: pct('cpu', 'steal'),
+      othersCpuPct: Math.max(0, (100 * (machineTaskS - hubCpu - auxCpu - selfCpu)) / wall),
+      irqCpuPct: (100 * irqS) / wall,
+      genLoopDelayP99Ms: this.eld.percentile(99) / 1e6 - 2,
+      genLoopDelayMaxMs: this.eld.max / 1e6 - 2,
+    };
+  }
+}
+
+function post(path, body) {
+  return new Promise((resolve, reject) => {
+    const data = Buffer.from(JSON.stringify(body));
+    const req = http.request(
+      { host: cfg.host, port: PUB_PORT, method: 'POST', path, agent, headers: { 'content-type': 'application/json', 'content-length': data.length } },
+      (res) => {
+        const chunks = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString() }));
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.setTimeout(60000, () => req.destroy(new Error('HTTP timeout')));
+    req.end(data);
+  });
+}
+const publish = (ch, msgs) => post(`/publish/${encodeURIComponent(ch)}`, { events: msgs });
+
+async function pool(n, concurrency, fn) {
+  let next = 0;
+  const workers = [];
+  for (let w = 0; w < Math.min(n, concurrency); w++) workers.push((async () => { while (next < n) await fn(next++); })());
+  await Promise.all(workers);
+}
+
+class Sink {
+  constructor(n) { this.a = new Float64Array(n); this.n = 0; }
+  push(v) { if (this.n < this.a.length) this.a[this.n++] = v; }
+  stats() {
+    const a = this.a.subarray(0, this.n).sort();
+    const q = (p) => (a.length ? a[Math.min(a.length - 1, Math.floor((p / 100) * a.length))] : NaN);
+    return { n: a.length, p50Ms: q(50), p90Ms: q(90), p99Ms: q(99), p999Ms: q(99.9), maxMs: a.length ? a[a.length - 1] : NaN };
+  }
+}
+function quantiles(arr) {
+  const a = Float64Array.from(arr).sort();
+  const q = (p) => (a.length ? a[Math.min(a.length - 1, Math.floor((p / 100) * a.length))] : NaN);
+  return { n: a.length, p50Ms: q(50), p99Ms: q(99), maxMs: a.length ? a[a.length - 1] : NaN };
+}
+
+let ioClient = null;
+class Subscriber {
+  constructor(channel, nEvents, lat) {
+    this.channel = channel;
+    this.seen = new Uint8Array(nEvents);
+    this.lat = lat;
+    this.received = 0;
+    this.dups = 0;
+    this.outOfOrder = 0;
+    this.maxK = -1;
+    this.wrong = 0;
+    this.warm = false;
+    this.lastRecv = 0;
+    this.errors = [];
+  }
+  onMsg(m) {
+    const now = performance.now();
+    if (m.c !== this.channel) { this.wrong++; return; }
+    if (m.warm !== undefined) { this.warm = true; return; }
+    const k = m.k;
+    if (this.seen[k]) { this.dups++; return; }
+    this.seen[k] = 1;
+    if (k < this.maxK) this.outOfOrder++;
+    else this.maxK = k;
+    this.received++;
+    this.lastRecv = now;
+    this.lat.push(now - m.t);
+  }
+  open() {
+    return new Promise((resolve, reject) => {
+      if (cfg.client === 'socketio') {
+        ioClient = ioClient || require('socket.io-client');
+        const s = (this.sock = ioClient.io(`http://${cfg.host}:${cfg.port}`, { transports: ['websocket'], query: { channel: this.channel }, reconnection: false, forceNew: true }));
+        s.on('connect', () => resolve());
+        s.on('connect_error', (e) => { this.errors.push(String(e.message || e)); reject(e); });
+        s.on('event', (m) => this.onMsg(m));
+        s.on('disconnect', (r) => { if (r !== 'io client disconnect') this.errors.push(`disconnect ${r}`); });
+        return;
+      }
+      const ws = (this.ws = new WebSocket(`ws://${cfg.host}:${cfg.port}/ws/${encodeURIComponent(this.channel)}`, { perMessageDeflate: false }));
+      ws.on('open', () => resolve());
+      ws.on('message', (data) => {
+        let m;
+        try { m = JSON.parse(data.toString()); } catch (e) { this.errors.push('bad frame'); return; }
+        this.onMsg(m);
+      });
+      ws.on('close', (code) => { this.closed = code; reject(new Error(`closed ${code}`)); });
+      ws.on('error', (e) => { this.errors.push(String(e.message || e)); reject(e); });
+    });
+  }
+  close() {
+    if (this.sock) this.sock.disconnect();
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.close(1000);
+  }
+}
+
+async function connectAll(subs) {
+  const t = performance.now();
+  await pool(subs.length, cfg.connectConcurrency || 50, async (i) => {
+    if (performance.now() > DEADLINE) throw new Error('deadline while connecting');
+    await subs[i].open();
+  });
+  log(`${subs.length} subscribers connected in ${((performance.now() - t) / 1000).toFixed(1)} s`);
+  // warm-up until every subscription is active
+  const channels = [...new Set(subs.map((s) => s.channel))];
+  let round = 0;
+  for (;;) {
+    const cold = new Set(subs.filter((s) => !s.warm).map((s) => s.channel));
+    if (cold.size === 0) break;
+    if (performance.now() > DEADLINE) throw new Error(`deadline while warming up: ${cold.size} channels cold`);
+    const list = [...cold];
+    await pool(list.length, 16, (i) => publish(list[i], [{ c: list[i], warm: round }]));
+    round++;
+    await sleep(250);
+  }
+  log(`all ${subs.length} subscriptions active (${round} warm-up rounds, ${channels.length} channels)`);
+  await sleep(500);
+}
+
+async function waitDelivered(subs, perSub, quietMs) {
+  // until every subscriber has every msg, or nothing arrived for quietMs (losses), or deadline
+  let lastTotal = -1;
+  let lastChange = performance.now();
+  for (;;) {
+    let done = 0;
+    let total = 0;
+    for (const s of subs) { total += s.received; if (s.received >= perSub) done++; }
+    if (done === subs.length) return true;
+    const now = performance.now();
+    if (total !== lastTotal) { lastTotal = total; lastChange = now; }
+    if (now - lastChange > quietMs) { log(`no delivery for ${quietMs} ms: ${done}/${subs.length} subscribers complete`); return false; }
+    if (now > DEADLINE) { log(`deadline: ${done}/${subs.length} complete`); return false; }
+    await sleep(5);
+  }
+}
+
+function verify(subs, perSub) {
+  let expected = 0, received = 0, dups = 0, ooo = 0, wrong = 0, incomplete = 0;
+  const errors = [];
+  for (const s of subs) {
+    expected += perSub; received += s.received; dups += s.dups; ooo += s.outOfOrder; wrong += s.wrong;
+    if (s.received !== perSub) incomplete++;
+    for (const e of s.errors) if (errors.length < 5) errors.push(e);
+  }
+  return {
+    expectedDeliveries: expected, received, lost: expected - received, deliveredPct: (100 * received) / expected,
+    duplicates: dups, outOfOrder: ooo, wrongStream: wrong, incompleteSubscribers: incomplete, errors,
+    ok: received === expected && dups === 0 && wrong === 0,
+  };
+}
+
+async function scenarioA() {
+  const { subscribers, events, batch, inflight } = cfg.a;
+  const ch = 'bench-a';
+  const lat = new Sink(subscribers * events);
+  const subs = [];
+  for (let i = 0; i < subscribers; i++) subs.push(new Subscriber(ch, events, lat));
+  await connectAll(subs);
+  const win = new Window();
+  win.start();
+  const tFirst = performance.now();
+  const rtt = [];
+  let bad = 0;
+  await pool(Math.ceil(events / batch), inflight, async (b) => {
+    const t = performance.now();
+    const msgs = [];
+    for (let k = b * batch; k < Math.min(events, (b + 1) * batch); k++) msgs.push({ c: ch, k, t, note: cfg.note });
+    let r;
+    try { r = await publish(ch, msgs); } catch (e) { r = { status: 0, body: String(e) }; }
+    rtt.push(performance.now() - t);
+    if (r.status !== 200) { bad++; if (bad < 3) log(`publish ${r.status} ${r.body.slice(0, 200)}`); }
+  });
+  const tAppended = performance.now();
+  const allIn = await waitDelivered(subs, events, cfg.quietMs || 5000);
+  let tLast = 0;
+  for (const s of subs) tLast = Math.max(tLast, s.lastRecv);
+  await sleep(300);
+  const w = win.stop();
+  for (const s of subs) s.close();
+  const v = verify(subs, events);
+  const elapsed = (tLast - tFirst) / 1000;
+  return {
+    scenario: 'A', streams: 1, subscribers, events, batch, inflight, appendErrors: bad,
+    appendSeconds: (tAppended - tFirst) / 1000, appendsPerS: events / ((tAppended - tFirst) / 1000),
+    appendRtt: quantiles(rtt), firstAppendToLastReceiptS: elapsed, deliveriesPerS: v.received / elapsed,
+    allDelivered: allIn, latency: lat.stats(), verify: v, window: w,
+  };
+}
+
+async function scenarioB() {
+  const { streams, perStream, rate } = cfg.b;
+  const ids = [];
+  for (let i = 0; i < streams; i++) ids.push(`bench-order-${String(i).padStart(5, '0')}`);
+  const total = streams * perStream;
+  const lat = new Sink(total * 3);
+  const subs = [];
+  for (let i = 0; i < streams; i++) for (let j = 0; j < 3; j++) subs.push(new Subscriber(ids[i], perStream, lat));
+  await connectAll(subs);
+  const win = new Window();
+  win.start();
+  const rtt = [];
+  const lag = [];
+  let bad = 0, inFlight = 0, maxInFlight = 0, k = 0;
+  const start = performance.now() + 10;
+  const interval = 1000 / rate;
+  const pending = [];
+  await new Promise((resolveAll) => {
+    const tick = () => {
+      const now = performance.now();
+      while (k < total && start + k * interval <= now) {
+        const i = k % streams;
+        const kk = Math.floor(k / streams);
+        lag.push(now - (start + k * interval));
+        const t = performance.now();
+        inFlight++;
+        maxInFlight = Math.max(maxInFlight, inFlight);
+        pending.push(publish(ids[i], [{ c: ids[i], k: kk, t, note: cfg.note }]).then(
+          (r) => { inFlight--; rtt.push(performance.now() - t); if (r.status !== 200) { bad++; if (bad < 3) log(`publish ${r.status} ${r.body.slice(0, 200)}`); } },
+          (e) => { inFlight--; bad++; if (bad < 3) log(`publish error ${e.message}`); },
+        ));
+        k++;
+      }
+      if (k >= total || now > DEADLINE) resolveAll();
+      else setTimeout(tick, Math.max(0, Math.min(1, start + k * interval - performance.now())));
+    };
+    tick();
+  });
+  const tSent = performance.now();
+  await Promise.all(pending);
+  const allIn = await waitDelivered(subs, perStream, cfg.quietMs || 5000);
+  await sleep(300);
+  const w = win.stop();
+  for (const s of subs) s.close();
+  const v = verify(subs, perStream);
+  return {
+    scenario: 'B', streams, subscribers: subs.length, events: total, perStream, targetRate: rate,
+    achievedRate: k / ((tSent - start) / 1000), sendLag: quantiles(lag), maxInFlight, appendErrors: bad,
+    appendRtt: quantiles(rtt), allDelivered: allIn, latency: lat.stats(), verify: v, window: w,
+  };
+}
+
+async function scenarioD() {
+  // idle subscribers: server RSS before and after connecting them (all subscriptions active)
+  const { subscribers, channels } = cfg.d;
+  const subs = [];
+  for (let i = 0; i < subscribers; i++) subs.push(new Subscriber(`bench-d-${i % channels}`, 1, new Sink(1)));
+  await sleep(500);
+  const before = procSample(cfg.hubPid);
+  await connectAll(subs);
+  await sleep(2000);
+  const after = procSample(cfg.hubPid);
+  const errors = subs.flatMap((s) => s.errors).slice(0, 5);
+  for (const s of subs) s.close();
+  return { scenario: 'D', subscribers, channels, rssBeforeMB: before.rss / 2 ** 20, rssAfterMB: after.rss / 2 ** 20,
+    kbPerConnection: (after.rss - before.rss) / 1024 / subscribers, errors };
+}
+
+async function main() {
+  const killer = setTimeout(() => {
+    process.stdout.write(JSON.stringify({ result: { scenario: cfg.scenario, error: 'hard deadline' } }) + '\n');
+    process.exit(3);
+  }, cfg.timeoutS * 1000 + 15000);
+  killer.unref();
+  let result;
+  try {
+    result = await ({ A: scenarioA, B: scenarioB, D: scenarioD }[cfg.scenario])();
+  } catch (e) {
+    result = { scenario: cfg.scenario, error: String(e && e.stack ? e.stack : e) };
+  }
+  process.stdout.write(JSON.stringify({ result }) + '\n');
+  agent.destroy();
+  setTimeout(() => process.exit(0), 200).unref();
+}
+main();
