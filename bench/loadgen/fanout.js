@@ -533,6 +533,26 @@ async function scenarioB() {
   };
 }
 
+// ---------------------------------------------------------------- scenario D: idle connections
+// (driven by bench/suite.py) subscribers on `channels` streams with a platform token (it may
+// subscribe to streams that do not exist yet); hub RSS before connecting and once all are live.
+async function scenarioD() {
+  const { subscribers, channels, tokens } = cfg.d;
+  const subs = [];
+  for (let i = 0; i < subscribers; i++) subs.push(new Subscriber(i, `bench-d-${i % channels}`, tokens[i % tokens.length], 0, new Sink(1)));
+  await sleep(500);
+  const before = procSample(cfg.hubPid);
+  await connectAll(subs);
+  await sleep(2000);
+  const after = procSample(cfg.hubPid);
+  const errors = subs.flatMap((s) => s.errors).slice(0, 5);
+  for (const s of subs) s.close();
+  return {
+    scenario: 'D', subscribers, channels, rssBeforeMB: before.rss / 2 ** 20, rssAfterMB: after.rss / 2 ** 20,
+    kbPerConnection: (after.rss - before.rss) / 1024 / subscribers, errors,
+  };
+}
+
 async function main() {
   const killer = setTimeout(() => {
     log('hard deadline reached, exiting');
@@ -542,7 +562,7 @@ async function main() {
   killer.unref();
   let result;
   try {
-    result = cfg.scenario === 'A' ? await scenarioA() : await scenarioB();
+    result = cfg.scenario === 'A' ? await scenarioA() : cfg.scenario === 'D' ? await scenarioD() : await scenarioB();
   } catch (e) {
     result = { scenario: cfg.scenario, error: String(e && e.stack ? e.stack : e) };
   }
