@@ -62,7 +62,7 @@ import logging
 import random
 import secrets
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -129,6 +129,25 @@ def _parse_slots(reply: Any, asked_host: str) -> tuple[list[str | None], list[st
         masters.add(name)
         slots[start : end + 1] = [name] * (end - start + 1)
     return slots, sorted(masters)
+
+
+async def _messages(pubsub: Any, label: str) -> AsyncIterator[dict[str, Any]]:
+    """A pub/sub connection's messages; pings it when idle, raises when it stays silent."""
+    loop = asyncio.get_running_loop()
+    last_seen = loop.time()
+    pinged = False
+    while True:
+        msg = await pubsub.get_message(timeout=1.0)
+        now = loop.time()
+        if msg is None:
+            if now - last_seen > DEAD_AFTER:
+                raise TimeoutError(f"{label} stopped answering")
+            if now - last_seen > IDLE_PING and not pinged:
+                await pubsub.execute_command("PING")
+                pinged = True
+            continue
+        last_seen, pinged = now, False
+        yield msg
 
 
 class _Rerouted(RedisError):
@@ -588,20 +607,7 @@ class RedisBroker:
             await pubsub.execute_command("SUNSUBSCRIBE" if self.sharded else "UNSUBSCRIBE",
                                          *names)  # fmt: skip
 
-        loop = asyncio.get_running_loop()
-        last_seen = loop.time()
-        pinged = False
-        while True:
-            msg = await pubsub.get_message(timeout=1.0)
-            now = loop.time()
-            if msg is None:
-                if now - last_seen > DEAD_AFTER:
-                    raise TimeoutError("redis stopped answering")
-                if now - last_seen > IDLE_PING and not pinged:
-                    await pubsub.execute_command("PING")
-                    pinged = True
-                continue
-            last_seen, pinged = now, False
+        async for msg in _messages(pubsub, "redis"):
             kind, name = _text(msg["type"]), _text(msg["channel"])
             if kind in ("subscribe", "ssubscribe"):
                 if name == self.ctl and not self._connected:
@@ -669,21 +675,7 @@ class RedisBroker:
     async def _read_link(self, link: _Link, subscribed: set[str]) -> None:
         """Relay one master's messages (raises when the connection fails or the slot map
         moved)."""
-        pubsub = link.pubsub
-        loop = asyncio.get_running_loop()
-        last_seen = loop.time()
-        pinged = False
-        while True:
-            msg = await pubsub.get_message(timeout=1.0)
-            now = loop.time()
-            if msg is None:
-                if now - last_seen > DEAD_AFTER:
-                    raise TimeoutError(f"redis {link.node} stopped answering")
-                if now - last_seen > IDLE_PING and not pinged:
-                    await pubsub.execute_command("PING")
-                    pinged = True
-                continue
-            last_seen, pinged = now, False
+        async for msg in _messages(link.pubsub, f"redis {link.node}"):
             kind, name = _text(msg["type"]), _text(msg["channel"])
             if kind in ("subscribe", "ssubscribe"):
                 if name == self.ctl and not link.live:

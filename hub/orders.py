@@ -367,9 +367,7 @@ class Orders:
             if pid in wanted:
                 raise Unprocessable(f"product {pid!r} listed twice", code="invalid_body")
             wanted[pid] = qty
-        if not self.tenants.exists(restaurant):
-            raise Unprocessable(f"unknown restaurant {restaurant!r}", code="unknown_restaurant")
-        await self._restaurant_node(restaurant)
+        await self._restaurant_node(restaurant)  # 422 for a restaurant that does not exist
         rdb = self.tenants.tenant(restaurant)
         marks = ",".join("?" * len(wanted))
         r = await rdb.execute(

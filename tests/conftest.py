@@ -32,6 +32,16 @@ def free_port() -> int:
         return port
 
 
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text as {series: value} (labels kept in the series name)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
 def token(tenant: str, role: str, **kw: float) -> str:
     return issue_token(SECRET, tenant, role, **kw)
 
@@ -160,6 +170,10 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def extra_args(self) -> list[str]:
+        """More ``redis-server`` arguments (a cluster node adds its own)."""
+        return []
+
     def start(self, wait: float = 10.0) -> RedisServer:
         import shutil
 
@@ -167,7 +181,8 @@ class RedisServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.log_path)],
+             "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.log_path),
+             *self.extra_args()],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + timeout(wait)

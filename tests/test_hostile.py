@@ -54,7 +54,7 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as sync_connect
 
 from hub.openapi import openapi_document
-from tests.conftest import SECRET, HubProcess, auth, timeout, token
+from tests.conftest import SECRET, HubProcess, auth, parse_metrics, timeout, token
 
 Json = dict[str, Any]
 
@@ -110,12 +110,7 @@ def client(hub: HubProcess) -> Iterator[httpx.Client]:
 def metrics(c: httpx.Client) -> dict[str, float]:
     r = c.get("/metrics")
     assert r.status_code == 200, r.text
-    out: dict[str, float] = {}
-    for line in r.text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
+    return parse_metrics(r.text)
 
 
 def writes(c: httpx.Client) -> dict[str, float]:

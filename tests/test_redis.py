@@ -32,7 +32,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.conftest import HubProcess, RedisServer, auth, timeout
+from tests.conftest import HubProcess, RedisServer, auth, parse_metrics, timeout
 
 Frame = dict[str, Any]
 
@@ -135,12 +135,7 @@ async def metrics(c: httpx.AsyncClient) -> dict[str, float]:
     """GET /metrics as {series: value}."""
     r = await c.get("/metrics")
     assert r.status_code == 200, r.text
-    out: dict[str, float] = {}
-    for line in r.text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
+    return parse_metrics(r.text)
 
 
 async def eventually(ok: Callable[[], bool], seconds: float, what: Callable[[], str]) -> float:

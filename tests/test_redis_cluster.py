@@ -76,27 +76,9 @@ class ClusterNode(RedisServer):
         self.port = cluster_port()
         self.log_path = directory / f"redis-{self.port}.log"
 
-    def start(self, wait: float = 10.0) -> ClusterNode:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.log_path),
-             "--cluster-enabled", "yes",
-             "--cluster-config-file", str(self.dir / f"nodes-{self.port}.conf")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        deadline = time.monotonic() + timeout(wait)
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited early:\n{self.log()}")
-            try:
-                if self.command("PING") is True:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not answer PING:\n{self.log()}")
+    def extra_args(self) -> list[str]:
+        return ["--cluster-enabled", "yes",
+                "--cluster-config-file", str(self.dir / f"nodes-{self.port}.conf")]  # fmt: skip
 
     @property
     def name(self) -> str:

@@ -28,7 +28,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.conftest import SECRET, HubProcess, auth, timeout, token
+from tests.conftest import SECRET, HubProcess, auth, parse_metrics, timeout, token
 
 Frame = dict[str, Any]
 
@@ -82,12 +82,7 @@ async def metrics(c: httpx.AsyncClient) -> dict[str, float]:
     """GET /metrics as {series: value} (labels kept in the series name)."""
     r = await c.get("/metrics")
     assert r.status_code == 200, r.text
-    out: dict[str, float] = {}
-    for line in r.text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
+    return parse_metrics(r.text)
 
 
 async def poll_metrics(
