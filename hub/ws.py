@@ -25,9 +25,10 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
+
+from starlette.types import Receive, Scope, Send
 
 from hub.archiver import archived_frame
 from hub.auth import Principal
@@ -40,9 +41,6 @@ __all__ = ["Feed", "InboxEndpoint", "StreamEndpoint", "origin_allowed"]
 
 log = logging.getLogger("hub.ws")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 REPLAY_PAGE = 500  # events read from the store per page while replaying
 CONTROL_MAX = 64  # pongs and error frames waiting to be sent
@@ -52,7 +50,15 @@ CLOSE_WAIT = 60.0  # seconds a close may wait behind a full send buffer (4008 mu
 
 
 class Feed:
-    """One subscription's delivery state: a stream (by ``seq``) or an inbox (by ``pos``)."""
+    """One subscription's delivery state: a stream (by ``seq``) or an inbox (by ``pos``).
+
+    An idle feed holds no buffers: its queues are made on the first event and dropped
+    when the writer has drained them (most sockets wait far longer than they send).
+    """
+
+    __slots__ = ("_archived", "_waiter", "fallback", "final", "hints_only", "last", "node",
+                 "notices", "pending", "queue", "queue_max", "resynced", "stream_id",
+                 "tenant")  # fmt: skip
 
     def __init__(
         self,
@@ -67,12 +73,13 @@ class Feed:
         self.stream_id = stream_id  # None: an inbox
         self.tenant = tenant  # inbox owner; None with stream_id None: the platform's inbox
         self.last = since
-        self.queue: deque[Event] = deque()
+        self.queue: deque[Event] | None = None
         self.queue_max = queue_max
-        self.notices: deque[Notice] = deque(maxlen=NOTICE_MAX)
+        self.notices: deque[Notice] | None = None  # location frames (oldest dropped first)
         self.final: Notice | None = None
         self.fallback = True  # start by reading the store (the replay)
-        self.wake = asyncio.Event()
+        self.pending = False  # something for the writer to look at
+        self._waiter: asyncio.Future[None] | None = None  # only while the writer waits
         self._archived: list[Event] | None = None
         self.resynced = False
         # Inbox events of several instances may arrive out of pos order: read them
@@ -94,6 +101,8 @@ class Feed:
             if message.final:
                 self.final = message
             else:
+                if self.notices is None:
+                    self.notices = deque(maxlen=NOTICE_MAX)
                 self.notices.append(message)
         elif self.fallback:
             return  # the writer will read it from the store
@@ -101,19 +110,41 @@ class Feed:
             if self.key(message) <= self.last:
                 return
             self.fallback = True
+        elif self.queue is None:
+            self.queue = deque((message,))
         elif len(self.queue) >= self.queue_max:
-            self.queue.clear()
+            self.queue = None
             self.fallback = True
             self.node.metrics.slow_fallbacks.inc()
         else:
             self.queue.append(message)
-        self.wake.set()
+        self.wake()
 
     def resync(self) -> None:
-        self.queue.clear()
+        self.queue = None
         self.fallback = True
         self.resynced = True
-        self.wake.set()
+        self.wake()
+
+    def wake(self) -> None:
+        self.pending = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until there is something for the writer (at once if there already is)."""
+        if not self.pending:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        self.pending = False
+
+    def drop_buffers(self) -> None:
+        """Called by the writer once drained: an idle feed holds no buffers."""
+        self.queue = self.notices = None
 
     async def read(self) -> list[Event]:
         if self.stream_id is None:
@@ -151,7 +182,15 @@ YIELD_EVERY = 64  # frames a writer sends before letting other tasks run
 
 
 class Connection:
-    """A subscribed socket: a reader task and a writer task, watched by the node's sweeper."""
+    """A subscribed socket: the reader runs in the socket's own task, the writer in a second.
+
+    The node's sweeper checks it for stalls. When either side ends, the other is stopped:
+    the writer is cancelled and awaited; a writer that ends interrupts the reader.
+    """
+
+    __slots__ = ("_interrupted", "_reading", "_receive", "_send", "_sent", "_task", "_writer",
+                 "control", "feed", "node", "sending_since", "stall_timeout", "stalled",
+                 "who")  # fmt: skip
 
     def __init__(self, node: Node, who: Principal, feed: Feed, send: Send, receive: Receive):
         self.node = node
@@ -159,11 +198,14 @@ class Connection:
         self.feed = feed
         self._send = send
         self._receive = receive
-        self.control: deque[str] = deque()
+        self.control: deque[str] | None = None  # pongs and error frames (made on demand)
         self.sending_since: float | None = None
         self.stall_timeout = node.settings.ws_stall_timeout
         self.stalled = False
         self._writer: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._reading = False
+        self._interrupted = False
         self._sent = 0
 
     async def send(self, frame: str) -> None:
@@ -185,10 +227,12 @@ class Connection:
                 self._writer.cancel()
 
     def push_control(self, frame: str) -> None:
-        if len(self.control) >= CONTROL_MAX:
+        if self.control is None:
+            self.control = deque()
+        elif len(self.control) >= CONTROL_MAX:
             raise _Closed(CloseCode.STALLED, "replies not being read")
         self.control.append(frame)
-        self.feed.wake.set()
+        self.feed.wake()
 
     async def catch_up(self) -> None:
         """Send from the store until caught up; live events buffer meanwhile."""
@@ -216,8 +260,7 @@ class Connection:
         if feed.final is None:
             await self.send(feed.live_frame())
         while True:
-            await feed.wake.wait()
-            feed.wake.clear()
+            await feed.wait()
             while True:
                 if self.control:
                     await self.send(self.control.popleft())
@@ -240,6 +283,8 @@ class Connection:
                     await self.send(feed.final.frame)
                     raise _Closed(CloseCode.NORMAL, "archived")
                 else:
+                    self.control = None
+                    feed.drop_buffers()
                     break
 
     async def reader(self) -> None:
@@ -273,30 +318,54 @@ class Connection:
                     error_frame("unknown_frame", "expected a JSON object with type ping|location")
                 )
 
+    def _writer_ended(self, _: asyncio.Task[None]) -> None:
+        if self._reading and self._task is not None:
+            self._interrupted = True
+            self._task.cancel()  # interrupt the reader (see run)
+
     async def run(self) -> int | None:
-        """Serve until the client leaves or a close is due; returns the close code to send."""
-        self._writer = asyncio.create_task(self.writer(), name="ws-writer")
-        tasks = [asyncio.create_task(self.reader(), name="ws-reader"), self._writer]
+        """Serve until the client leaves or a close is due; returns the close code to send.
+
+        The reader runs here, in the socket's own task, not in a task of its own: one task
+        and one wait less per socket.
+        """
+        task = self._task = asyncio.current_task()
+        writer = self._writer = asyncio.create_task(self.writer(), name="ws-writer")
+        writer.add_done_callback(self._writer_ended)
         self.node.watch(self)
+        code: int | None = None
+        self._reading = True
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await self.reader()
+        except _Closed as exc:
+            code = exc.code
+        except asyncio.CancelledError:
+            if not self._interrupted or (task is not None and task.uncancel() > 0):
+                raise  # cancelled from outside (shutdown), not (only) by the writer's end
+        except Exception as exc:
+            code = self._failed(exc)
         finally:
+            self._reading = False
             self.node.unwatch(self)
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            writer.remove_done_callback(self._writer_ended)
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
         if self.stalled:
             return int(CloseCode.STALLED)
-        for t in done:
-            if t.cancelled():
-                continue
-            exc = t.exception()
-            if isinstance(exc, _Closed):
-                return exc.code
-            if exc is not None and not _client_gone(exc):
-                log.error("connection task failed", exc_info=exc)
-                return int(CloseCode.INTERNAL_ERROR)
-        return None
+        if code is None and writer.done() and not writer.cancelled():
+            ended = writer.exception()
+            if isinstance(ended, _Closed):
+                return ended.code
+            if ended is not None:
+                return self._failed(ended)
+        return code
+
+    @staticmethod
+    def _failed(exc: BaseException) -> int | None:
+        if _client_gone(exc):
+            return None
+        log.error("connection task failed", exc_info=exc)
+        return int(CloseCode.INTERNAL_ERROR)
 
 
 def _client_gone(exc: BaseException) -> bool:
@@ -347,6 +416,8 @@ class _Endpoint:
         raise NotImplementedError
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # One flat coroutine for the socket's whole life (each nested one would stay in
+        # memory as long as the socket: bench scenario D).
         node = self.node
         first = await receive()
         if first["type"] != "websocket.connect":
@@ -354,7 +425,22 @@ class _Endpoint:
         await send({"type": "websocket.accept"})
         node.metrics.connections.inc()
         try:
-            code = await self._serve(scope, receive, send)
+            admitted = await self._admit(scope, send)
+            if isinstance(admitted, int):
+                code: int | None = admitted
+            else:
+                who, feed, subject = admitted
+                try:
+                    channel = feed.channel
+                    await node.channels.add(channel, feed)
+                    node.metrics.subscriptions.inc()
+                    try:
+                        code = await Connection(node, who, feed, send, receive).run()
+                    finally:
+                        node.metrics.subscriptions.dec()
+                        await node.channels.remove(channel, feed)
+                finally:
+                    self._release(subject)
         finally:
             node.metrics.connections.dec()
         if code is not None:
@@ -363,7 +449,11 @@ class _Endpoint:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(send({"type": "websocket.close", "code": code}), CLOSE_WAIT)
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> int | None:
+    async def _admit(self, scope: Scope, send: Send) -> tuple[Principal, Feed, str] | int:
+        """Who is asking, and their feed; or the close code refusing them.
+
+        Admitted sockets count against their subject's cap until :meth:`_release`.
+        """
         node = self.node
         if not origin_allowed(scope, node.settings.allowed_origins):
             return int(CloseCode.FORBIDDEN)
@@ -372,42 +462,33 @@ class _Endpoint:
             who = node.tokens.principal(_token(scope, query))
         except HubError:
             return int(CloseCode.UNAUTHORIZED)
-        key = f"{who.role}:{who.tenant}"
-        open_now = node.sockets_by_subject.get(key, 0)
+        subject = f"{who.role}:{who.tenant}"
+        open_now = node.sockets_by_subject.get(subject, 0)
         if open_now >= node.settings.ws_max_per_token:
             return int(CloseCode.TOO_MANY)
-        node.sockets_by_subject[key] = open_now + 1
-        try:
-            return await self._subscribe(who, scope, query, send, receive)
-        finally:
-            left = node.sockets_by_subject[key] - 1
-            if left:
-                node.sockets_by_subject[key] = left
-            else:
-                del node.sockets_by_subject[key]
-
-    async def _subscribe(self, who: Principal, scope: Scope, query: dict[str, str],
-                         send: Send, receive: Receive) -> int | None:  # fmt: skip
-        node = self.node
         raw_since = query.get("since", "0") or "0"
         if not (raw_since.isascii() and raw_since.isdigit()) or len(raw_since) > 18:
             frame = error_frame("invalid_since", "since must be an integer >= 0")
             await send({"type": "websocket.send", "text": frame})
             return int(CloseCode.POLICY_VIOLATION)
+        node.sockets_by_subject[subject] = open_now + 1
         try:
             feed = await self.open_feed(who, scope, int(raw_since))
         except HubError as exc:
-            if exc.status in (400, 403, 404):
-                return int(CloseCode.FORBIDDEN)
-            return int(CloseCode.INTERNAL_ERROR)
-        channel = feed.channel
-        await node.channels.add(channel, feed)
-        node.metrics.subscriptions.inc()
-        try:
-            return await Connection(node, who, feed, send, receive).run()
-        finally:
-            node.metrics.subscriptions.dec()
-            await node.channels.remove(channel, feed)
+            self._release(subject)
+            refused = exc.status in (400, 403, 404)
+            return int(CloseCode.FORBIDDEN if refused else CloseCode.INTERNAL_ERROR)
+        except BaseException:
+            self._release(subject)
+            raise
+        return who, feed, subject
+
+    def _release(self, subject: str) -> None:
+        left = self.node.sockets_by_subject[subject] - 1
+        if left:
+            self.node.sockets_by_subject[subject] = left
+        else:
+            del self.node.sockets_by_subject[subject]
 
 
 class StreamEndpoint(_Endpoint):
