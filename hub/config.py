@@ -29,6 +29,20 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _int(env: Mapping[str, str], name: str, default: int | None, *,
+         minimum: int = 1) -> int | None:  # fmt: skip
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
 def _auto_flag(env: Mapping[str, str], name: str) -> bool | None:
     """A yes/no setting that may be left to the hub: unset or ``auto`` -> None."""
     raw = (env.get(name) or "").strip().lower()
@@ -85,6 +99,8 @@ class Settings:
     ws_queue_frames: int = 1024
     ws_max_frame_bytes: int = 64 << 10
     ws_max_per_token: int = 256  # open sockets per tenant and role
+    # Tenant DBs kept open (LRU), within the open-file limit; None: 4096 (hub.tenants).
+    tenant_max_open: int | None = None
     # Browser origins allowed to open sockets: () = the hub's own origin only; ("*",) = any.
     allowed_origins: tuple[str, ...] = ()
 
@@ -122,6 +138,7 @@ class Settings:
             delivery_fee=_float(e, "HUB_DELIVERY_FEE", 5.00),
             driver_payout=_float(e, "HUB_DRIVER_PAYOUT", 12.00),
             ws_stall_timeout=_float(e, "HUB_WS_STALL_TIMEOUT", 30.0),
+            tenant_max_open=_int(e, "HUB_TENANT_MAX_OPEN", None),
             allowed_origins=tuple(
                 o.strip().rstrip("/") for o in (e.get("HUB_ALLOWED_ORIGINS") or "").split(",")
                 if o.strip()

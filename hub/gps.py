@@ -7,6 +7,12 @@ driver costs at most one write per second. Every accepted ping also reaches the
 subscribers of the driver's undelivered orders as a ``location`` frame (through the
 broker, so on every instance). Pings over ``max_rate`` per second per driver are
 dropped and counted, not queued.
+
+The ``location`` frame goes out before the write is waited for: the write (an fsync)
+starts at once and runs beside the fan-out. A driver has at most one write in flight;
+a position due while one is (a disk slower than ``interval``) stays pending and is
+written, latest only, when it completes. The flusher starts the due writes without
+waiting for each, so one slow fsync does not hold back every other driver's.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import json
 import logging
 import time
 from collections import deque
+from functools import partial
 
 from hub.broker import Notice
 from hub.events import Opcode, now_ts
@@ -46,7 +53,11 @@ class Gps:
         self._due: DueQueue[str] = DueQueue()
         self._streams: dict[str, tuple[float, list[str]]] = {}
         self._window: dict[str, deque[float]] = {}  # driver -> times of pings in the last 1 s
+        self._writing: dict[str, asyncio.Task[None]] = {}  # driver -> its write in flight
         self._task: asyncio.Task[None] | None = None
+        # HUB_TENANT_MAX_OPEN: app.py builds Tenants without it, so it is applied here.
+        if node.settings.tenant_max_open is not None:
+            tenants.set_max_open(node.settings.tenant_max_open)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._flusher(), name="hub-gps-flusher")
@@ -58,6 +69,7 @@ class Gps:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await asyncio.gather(*self._writing.values(), return_exceptions=True)
         pending, self._pending = self._pending, {}
         for driver, (lat, lng) in pending.items():
             with contextlib.suppress(Exception):
@@ -83,26 +95,46 @@ class Gps:
             return False
         self.node.metrics.gps_pings.inc()
         last = self._last_write.get(driver)
-        if last is None or now - last >= self.interval:
+        write = None
+        if (last is None or now - last >= self.interval) and driver not in self._writing:
             self._last_write[driver] = now
             self._pending.pop(driver, None)
-            await self._write(driver, lat, lng)
+            write = self._start_write(driver, lat, lng)
         else:
-            if driver not in self._pending:
-                self._due.put(driver, last + self.interval)
-            self._pending[driver] = (lat, lng)
+            if driver not in self._pending and driver not in self._writing:
+                self._due.put(driver, (now if last is None else last) + self.interval)
+            self._pending[driver] = (lat, lng)  # a write in flight flushes it when done
         self._forget_old(now)
-        await self._fan_out(driver, lat, lng)
+        try:
+            await self._fan_out(driver, lat, lng)
+        finally:
+            if write is not None:
+                await asyncio.shield(write)  # the caller hears of a failed write
         return True
 
     def _forget_old(self, now: float) -> None:
         if len(self._last_write) <= MAX_TRACKED:
             return
         for d, t in list(self._last_write.items()):
-            if now - t > self.interval and d not in self._pending:
+            if now - t > self.interval and d not in self._pending and d not in self._writing:
                 del self._last_write[d]
                 self._window.pop(d, None)
                 self._streams.pop(d, None)
+
+    def _start_write(self, driver: str, lat: float, lng: float) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(self._write(driver, lat, lng))
+        self._writing[driver] = task
+        task.add_done_callback(partial(self._written, driver))
+        return task
+
+    def _written(self, driver: str, task: asyncio.Task[None]) -> None:
+        if self._writing.get(driver) is task:
+            del self._writing[driver]
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("GPS write for %s failed: %s", driver, exc)
+        if driver in self._pending:  # came while this write was in flight
+            due = self._last_write.get(driver, 0.0) + self.interval
+            self._due.put(driver, max(time.monotonic(), due))
 
     async def _write(self, driver: str, lat: float, lng: float) -> None:
         db = self.tenants.tenant(driver)
@@ -134,8 +166,14 @@ class Gps:
             pos = self._pending.pop(driver, None)
             if pos is None:
                 continue
-            self._last_write[driver] = time.monotonic()
-            try:
-                await self._write(driver, *pos)
-            except Exception:
-                log.exception("GPS write for %s failed", driver)
+            if driver in self._writing:  # _written puts it back when that write is done
+                self._pending[driver] = pos
+                continue
+            now = time.monotonic()
+            last = self._last_write.get(driver)
+            if last is not None and now - last < self.interval:  # written since it was due
+                self._pending[driver] = pos
+                self._due.put(driver, last + self.interval)
+                continue
+            self._last_write[driver] = now
+            self._start_write(driver, *pos)

@@ -86,9 +86,27 @@ SELECT_MEMBERS = "SELECT tenant, fromPos FROM members WHERE streamId = ?"
 def find_streams_sql(
     having: int | None, lacking: int | None, member: str | None, limit: int
 ) -> tuple[str, list[Any]]:
-    """The query behind :meth:`Store.find_streams` (shared by the implementations)."""
+    """The query behind :meth:`Store.find_streams` (shared by the implementations).
+
+    It starts from the narrowest index it has: the member's rows of ``members`` (by
+    ``members_by_tenant``), else the events of opcode ``having`` (by ``events_by_opcode``;
+    archived streams have no events left), and only without either from every stream.
+    The GPS asks it once per driver per second, so it must not scan every open stream.
+    """
     where = ["s.archived = 0"]
     args: list[Any] = []
+    if member is not None:
+        # CROSS JOIN: SQLite keeps the left table as the outer loop.
+        source = "members m CROSS JOIN streams s ON s.streamId = m.streamId"
+        where.insert(0, "m.tenant = ?")
+        args.append(member)
+    elif having is not None:
+        source = "streams s"
+        where.append("s.streamId IN (SELECT e.streamId FROM events e WHERE e.opcode = ?)")
+        args.append(int(having))
+        having = None  # tested by the IN above
+    else:
+        source = "streams s"
     if having is not None:
         where.append(
             "EXISTS (SELECT 1 FROM events e WHERE e.streamId = s.streamId AND e.opcode = ?)"
@@ -99,13 +117,8 @@ def find_streams_sql(
             "NOT EXISTS (SELECT 1 FROM events e WHERE e.streamId = s.streamId AND e.opcode = ?)"
         )
         args.append(int(lacking))
-    if member is not None:
-        where.append(
-            "EXISTS (SELECT 1 FROM members m WHERE m.streamId = s.streamId AND m.tenant = ?)"
-        )
-        args.append(member)
     sql = (
-        "SELECT s.streamId FROM streams s WHERE " + " AND ".join(where)
+        f"SELECT s.streamId FROM {source} WHERE " + " AND ".join(where)
         + " ORDER BY (SELECT MIN(pos) FROM events e WHERE e.streamId = s.streamId) LIMIT ?"
     )  # fmt: skip
     args.append(int(limit))

@@ -10,20 +10,34 @@ Columns beyond the seed's, each kept on the row it guards so it costs no extra w
 ``points.applied`` (tenant DBs: the last orders whose stock was taken from this point,
 so a retried step never deducts twice) and ``points.claim`` (public DB: the order a
 driver was claimed for, so a retried assignment finds its driver).
+
+Open tenant DBs are kept in an LRU of ``max_open`` (``HUB_TENANT_MAX_OPEN``): every
+driver's GPS lands in its own DB once a second, and closing a WAL database checkpoints
+it while reopening one runs its schema again, so the cap must exceed the drivers
+pinging at once. An open ``file:`` DB holds three file descriptors (the DB, its -wal
+and -shm), so :class:`Tenants` raises the process's soft ``RLIMIT_NOFILE`` to the hard
+limit and keeps the cap within half of it (the rest is for sockets).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from hub.db import Database, WriteCounter, open_database
 from hub.events import check_tenant_id
 from hub.metrics import Metrics
 from hub.store_file import path_from_url
 
-__all__ = ["PUBLIC_SCHEMA", "TENANT_SCHEMA", "Tenants"]
+__all__ = ["PUBLIC_SCHEMA", "TENANT_SCHEMA", "Tenants", "open_cap", "raise_fd_limit"]
+
+log = logging.getLogger("hub.tenants")
 
 TENANT_SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS nodes (
@@ -77,8 +91,52 @@ PUBLIC_SCHEMA: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS points_by_claim ON points (claim)",
 )
 
-MAX_OPEN = 256  # tenant databases kept open at once (least recently used closed first)
+DEFAULT_MAX_OPEN = 4096  # tenant databases kept open at once (least recently used closed first)
+MIN_OPEN = 16  # kept open whatever the file-descriptor limit
+FDS_PER_DB = 3  # an open WAL database: the file, its -wal and its -shm
+FD_SHARE = 2  # tenant DBs get at most 1/FD_SHARE of the descriptors; sockets the rest
 POOL_THREADS = 4
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit; return the soft limit in force.
+
+    Idempotent. Where the platform has no such limit (or refuses), nothing changes.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return 1 << 20
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    inf = resource.RLIM_INFINITY
+    target = hard if hard != inf else 1 << 20  # Linux's default nr_open
+    if soft != inf and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):  # macOS caps the soft limit lower (OPEN_MAX)
+            log.warning("could not raise the open-file limit from %d to %d", soft, target)
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft if soft != inf else 1 << 20
+
+
+def open_cap(wanted: int, fd_limit: int) -> int:
+    """How many tenant DBs to keep open: ``wanted``, within ``1/FD_SHARE`` of ``fd_limit``."""
+    return max(MIN_OPEN, min(wanted, fd_limit // FD_SHARE // FDS_PER_DB))
+
+
+class _Collector(Collector):
+    def __init__(self, tenants: Tenants) -> None:
+        self.tenants = tenants
+
+    def collect(self) -> Iterable[Metric]:
+        t = self.tenants
+        yield GaugeMetricFamily("hub_tenant_dbs_open", "Tenant databases open", len(t._open))
+        yield GaugeMetricFamily("hub_tenant_dbs_max_open",
+                                "Tenant databases kept open at most (HUB_TENANT_MAX_OPEN,"
+                                " within the open-file limit)", t.max_open)  # fmt: skip
+        yield CounterMetricFamily("hub_tenant_db_opens",
+                                  "Tenant databases opened (again after being closed by the"
+                                  " max_open cap)", t.opens)  # fmt: skip
 
 
 class Tenants:
@@ -91,10 +149,14 @@ class Tenants:
         *,
         auth_token: str | None = None,
         metrics: Metrics | None = None,
+        max_open: int | None = None,
     ) -> None:
         if "{tenant}" not in tenant_url:
             raise ValueError("HUB_TENANT_DB must contain {tenant}")
         self._template = tenant_url
+        self.max_open = DEFAULT_MAX_OPEN
+        self.opens = 0  # tenant DBs opened, reopenings included
+        self.set_max_open(max_open)
         self._auth_token = auth_token
         self._metrics = metrics
         self._pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="hub-tenant-db")
@@ -108,6 +170,20 @@ class Tenants:
             on_write=self._counter("public"),
         )
         self._closed = False
+        if metrics is not None:
+            metrics.registry.register(_Collector(self))
+
+    def set_max_open(self, wanted: int | None) -> None:
+        """Keep at most ``wanted`` tenant DBs open, less if the open-file limit is too low
+        (None: :data:`DEFAULT_MAX_OPEN`, lowered without a warning)."""
+        if wanted is not None and wanted < 1:
+            raise ValueError("max_open must be at least 1")
+        fd_limit = raise_fd_limit()
+        self.max_open = open_cap(DEFAULT_MAX_OPEN if wanted is None else wanted, fd_limit)
+        if wanted is not None and self.max_open < wanted:
+            log.warning("keeping %d tenant DBs open, not %d: the open-file limit is %d and each"
+                        " open DB holds %d", self.max_open, wanted, fd_limit,
+                        FDS_PER_DB)  # fmt: skip
 
     def _counter(self, target: str) -> WriteCounter | None:
         metrics = self._metrics
@@ -149,7 +225,8 @@ class Tenants:
             on_write=self._counter("tenant"),
         )
         self._open[tenant] = db
-        while len(self._open) > MAX_OPEN:
+        self.opens += 1
+        while len(self._open) > self.max_open:
             _, old = self._open.popitem(last=False)  # reopens by itself if still in use
             task = asyncio.get_running_loop().create_task(old.close())
             self._closing.add(task)
