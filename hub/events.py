@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
-import uuid
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json.encoder import encode_basestring as _quote
 from typing import Any
 
 from hub.errors import BadRequest, PayloadTooLarge, Unprocessable
@@ -96,8 +98,17 @@ def format_ts(dt: datetime) -> str:
     )
 
 
+_second: tuple[int, str] = (-1, "")  # the current second, formatted once
+
+
 def now_ts() -> str:
-    return format_ts(datetime.now(UTC))
+    """``format_ts`` of now (formatting each second once: every append takes a ``ts``)."""
+    global _second
+    t = time.time()
+    sec = int(t)
+    if sec != _second[0]:
+        _second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{_second[1]}.{int((t - sec) * 1000):03d}Z"
 
 
 def _parse_ts(value: object) -> str:
@@ -144,6 +155,7 @@ class NewEvent:
     payload: str
     ts: str
     ts_given: bool
+    fresh_id: bool = False  # the hub drew the id just now: it cannot be stored already
 
     @property
     def payload_obj(self) -> dict[str, Any]:
@@ -152,6 +164,22 @@ class NewEvent:
 
 
 _FIELDS = {"id", "opcode", "name", "streamId", "nodeId", "pointId", "delta", "payload", "ts"}
+
+
+_ids: list[str] = []  # unused random ids (os.urandom is a syscall: one per 256 ids)
+os.register_at_fork(after_in_child=_ids.clear)  # a child must not reuse the parent's
+
+
+def new_event_id() -> str:
+    """An id for an event its writer did not name: 128 random bits, like a uuid4's.
+
+    Unpredictable on purpose: ids are unique across all streams, so a guessable next id
+    would let one tenant take another's.
+    """
+    if not _ids:
+        raw = os.urandom(16 * 256).hex()
+        _ids.extend(raw[i : i + 32] for i in range(0, len(raw), 32))
+    return "evt-" + _ids.pop()
 
 
 def parse_draft(
@@ -172,7 +200,7 @@ def parse_draft(
         raise Unprocessable("streamId in the body differs from the URL")
     raw_id = draft.get("id")
     if raw_id is None:
-        event_id = "evt-" + uuid.uuid4().hex
+        event_id = new_event_id()
     elif isinstance(raw_id, str) and STREAM_ID_RE.match(raw_id):
         event_id = raw_id
     else:
@@ -196,7 +224,7 @@ def parse_draft(
     if json_depth(payload) > MAX_DEPTH:
         raise Unprocessable(f"payload nested deeper than {MAX_DEPTH} levels", code="too_deep")
     try:
-        encoded = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        encoded = _PAYLOAD_ENCODE(payload)
         size = len(encoded.encode())
     except (ValueError, TypeError, RecursionError):
         raise Unprocessable("payload must be plain JSON (no NaN, Infinity, bad text)") from None
@@ -213,6 +241,7 @@ def parse_draft(
         payload=encoded,
         ts=ts,
         ts_given=ts_given,
+        fresh_id=raw_id is None,
     )
 
 
@@ -248,8 +277,17 @@ def _canonical(payload: str) -> str:
     return json.dumps(json.loads(payload), sort_keys=True, separators=(",", ":"))
 
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_PAYLOAD_ENCODE = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False
+).encode
+
+
 def _dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """``json.dumps(value, ensure_ascii=False)``, compact, without building an encoder."""
+    if isinstance(value, str):
+        return _quote(value)  # what the encoder itself does with a str
+    return "null" if value is None else _ENCODE(value)
 
 
 @dataclass(frozen=True, slots=True)

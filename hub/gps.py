@@ -55,9 +55,6 @@ class Gps:
         self._window: dict[str, deque[float]] = {}  # driver -> times of pings in the last 1 s
         self._writing: dict[str, asyncio.Task[None]] = {}  # driver -> its write in flight
         self._task: asyncio.Task[None] | None = None
-        # HUB_TENANT_MAX_OPEN: app.py builds Tenants without it, so it is applied here.
-        if node.settings.tenant_max_open is not None:
-            tenants.set_max_open(node.settings.tenant_max_open)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._flusher(), name="hub-gps-flusher")

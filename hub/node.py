@@ -67,6 +67,7 @@ class Node:
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self._streams_written = self.metrics.db_writes.labels("streams")
         self.store: Store = store or open_store(
             settings.streams_db, auth_token=settings.db_auth_token
         )
@@ -174,7 +175,7 @@ class Node:
         self.metrics.append_latency.observe(time.perf_counter() - t0)
         if result.new:
             self.metrics.events_appended.inc(len(result.new))
-            self.metrics.db_writes.labels("streams").inc(len(result.new))
+            self._streams_written.inc(len(result.new))
         return result
 
     async def read(self, who: Principal, stream_id: str) -> StreamInfo:

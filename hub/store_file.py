@@ -169,7 +169,7 @@ def _settle(batch: list[_Write], hook: CommitHook | None) -> None:
 
 def _apply(conn: sqlite3.Connection, req: _Append) -> AppendResult:
     """Write one append request inside the open transaction."""
-    ids = [e.id for e in req.events]
+    ids = [e.id for e in req.events if not e.fresh_id]  # retries name their ids
     marks = ",".join("?" * len(ids))
     existing = {
         ev.id: ev
@@ -177,7 +177,7 @@ def _apply(conn: sqlite3.Connection, req: _Append) -> AppendResult:
             row_to_event,
             conn.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE id IN ({marks})", ids),
         )
-    }
+    } if ids else {}
     for new in req.events:
         if new.id in existing:
             check_retry(existing[new.id], new, req.stream_id)

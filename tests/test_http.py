@@ -492,6 +492,27 @@ def test_event_defaults(c: httpx.Client) -> None:
     assert event["ts"][:10] == time.strftime("%Y-%m-%d", time.gmtime())
 
 
+def test_drawn_ids_are_random_and_an_unnamed_event_is_new_each_time(c: httpx.Client) -> None:
+    """Ids the hub draws are 128 random bits (unique across streams, so never guessable);
+    sending an event without an id twice stores it twice (retries name their ids)."""
+    sid = new_sid()
+    batch = {"events": [{"opcode": 303, "payload": {"n": 1}}] * 50}
+    ids = [e["id"] for e in post(c, sid, batch, PLATFORM).json()["events"]]
+    ids += [e["id"] for e in post(c, sid, batch, PLATFORM).json()["events"]]
+    assert all(re.fullmatch(r"evt-[0-9a-f]{32}", i) for i in ids), ids[:3]
+    assert len(set(ids)) == 100
+    # No two drawn ids share a long prefix: not a counter, not a clock.
+    assert len({i[:12] for i in ids}) == 100
+    assert [e["seq"] for e in read_back(c, sid) or []] == list(range(1, 101))
+
+
+@pytest.mark.parametrize("path", ["/api/streams/a%2Fb/events", "/api/streams//events",
+                                  "/api/streams/x/y/events", "/api/streams/events"])  # fmt: skip
+def test_events_path_needs_one_stream_segment(c: httpx.Client, path: str) -> None:
+    r = c.post(path, json={"opcode": 303}, headers=PLATFORM)
+    assert assert_error(r, 404)["code"] == "not_found"
+
+
 TS_NORMALISED = {
     "z": ("2026-11-27T12:30:00Z", "2026-11-27T12:30:00.000Z"),
     "millis": ("2026-11-27T12:30:00.000Z", "2026-11-27T12:30:00.000Z"),
