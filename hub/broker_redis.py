@@ -183,6 +183,7 @@ class RedisBroker:
         self._on_resync: Callable[[], None] | None = None
         self._channels: set[str] = set()
         self._confirm: dict[str, asyncio.Future[None]] = {}
+        self._late: set[str] = set()  # subscribed past CONFIRM_TIMEOUT: resync once confirmed
         self._pubsub: Any = None
         self._connected = False
         self._up = asyncio.Event()  # set while the listener is connected (wakes the publisher)
@@ -490,7 +491,11 @@ class RedisBroker:
         try:
             await self._subscribe_cmd(pubsub, name)
             await asyncio.wait_for(asyncio.shield(fut), CONFIRM_TIMEOUT)
-        except (RedisError, OSError, TimeoutError):
+        except TimeoutError:
+            # Slow, not failed: the subscriber goes live now, and what was published
+            # before Redis took the subscription is read back from the store once it has.
+            self._late.add(name)
+        except (RedisError, OSError):
             return  # Redis is failing: the listener reconnects and every subscriber resyncs
 
     async def _subscribe_cmd(self, pubsub: Any, *names: str) -> None:
@@ -547,6 +552,7 @@ class RedisBroker:
                 if not fut.done():
                     fut.set_result(None)
             self._confirm.clear()
+            self._late.clear()  # the next session resyncs every subscriber anyway
             log.warning("redis pub/sub lost (%s); reconnecting in %.1fs", self._error, backoff)
             await asyncio.sleep(backoff * (1 + random.random()))
             backoff = min(MAX_BACKOFF, backoff * 2)
@@ -585,6 +591,10 @@ class RedisBroker:
         fut = self._confirm.pop(name, None) if name else None
         if fut is not None and not fut.done():
             fut.set_result(None)
+        if name in self._late:
+            self._late.discard(name)
+            if self._on_resync is not None:
+                self._on_resync()
 
     async def _session(self) -> None:
         """One pub/sub connection's life: subscribe everything, resync, relay messages."""

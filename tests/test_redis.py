@@ -14,6 +14,7 @@ Latency figures are printed (``pytest -s`` shows them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -854,3 +855,88 @@ async def test_publishing_resumes_promptly_once_redis_is_back(pair: Pair) -> Non
 
     print(f"after refused publishes and a restart, A -> B took {lag * 1000:.0f} ms")
     assert lag < timeout(1.0), f"A's publisher slept {lag:.1f}s after Redis was back"
+
+
+# -- a subscription Redis takes late ------------------------------------------------------------
+
+
+class HoldingProxy:
+    """A TCP proxy in front of Redis that can hold back what the hub sends (not what Redis
+    sends): a SUBSCRIBE held there reaches Redis after publishes made meanwhile."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.passing = asyncio.Event()
+        self.passing.set()
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()  # both sides of every connection
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _pump(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, held: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := await r.read(65536):
+                if held:
+                    await self.passing.wait()
+                w.write(data)
+                await w.drain()
+
+    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self.writers |= {w, uw}
+        pumps = [asyncio.create_task(self._pump(r, uw, True)),
+                 asyncio.create_task(self._pump(ur, w, False))]  # fmt: skip
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            for writer in (w, uw):
+                self.writers.discard(writer)
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+
+    async def close(self) -> None:
+        """Stop listening and end every proxied connection."""
+        assert self.server is not None
+        self.server.close()
+        for writer in tuple(self.writers):
+            writer.close()
+        await eventually(lambda: not self.writers, 5, lambda: "proxied connections stay open")
+        await self.server.wait_closed()
+
+
+async def test_a_subscription_redis_takes_late_still_gets_what_was_published_before(
+    redis_server: RedisServer, hub_factory: Callable[..., HubProcess], tmp_path: Path
+) -> None:
+    """B's SUBSCRIBE reaches Redis only after A published an event (B waited past its 2 s
+    confirmation timeout and went live meanwhile): the late confirmation makes B read the
+    event from the store, so the subscriber still gets it, once."""
+    proxy = HoldingProxy(redis_server.port)
+    proxy_port = await proxy.start()
+    try:
+        a = hub_factory(tmp_path / "data", {"HUB_REDIS_URL": redis_server.url})
+        b = hub_factory(tmp_path / "data", {"HUB_REDIS_URL": f"redis://127.0.0.1:{proxy_port}"})
+        for hub in (a, b):
+            async with http(hub) as c:
+                await health_becomes(c, is_ok, 10)
+        sid = new_sid("late")
+        log = Log()
+        async with http(a) as ca:
+            await log.append(ca, sid, [order("ali")])
+            proxy.passing.clear()  # B's SUBSCRIBE waits in the proxy
+            async with Sub("stream@B", b, f"/ws/streams/{sid}", PLATFORM) as sub:
+                await log.append(ca, sid, [note(1)])  # published while B is not subscribed
+                await asyncio.sleep(0.3)
+                proxy.passing.set()
+                await eventually(lambda: len(sub.events) == 2, 5,
+                                 lambda: f"B got {[e['seq'] for e in sub.events]}")  # fmt: skip
+                await asyncio.sleep(0.3)
+        assert [e["seq"] for e in sub.events] == [1, 2]
+        b.stop()  # before its Redis goes away
+    finally:
+        await proxy.close()
