@@ -14,6 +14,11 @@ stream, one event per HTTP request (by the stream's restaurant), sent open-loop 
 steady 1,000 events/s in total, round-robin over the streams. Reported: latency p50/p99/max,
 hub CPU% and RSS.
 
+**C: cross-instance** (run by ``bench/suite.py``, which starts the redis-server): B against
+two hub instances on one data dir (one streams DB file) and one ``HUB_REDIS_URL``, as
+``tests/test_redis.py`` runs them. Every HTTP request (stream setup and events) goes to
+instance 1, every subscriber to instance 2; CPU and RSS of both instances are reported.
+
 **Latency** is receipt time minus ``payload.t``, a timestamp the generator puts into each
 event just before it creates the append's HTTP request (one clock: the generator's).
 It therefore includes the HTTP request, validation and the commit (events are committed
@@ -27,8 +32,10 @@ level ``warning`` unless ``--hub-log-level``) on a fresh temp ``HUB_DATA_DIR``, 
 ``taskset -c 0``; the load generator is Node (``bench/loadgen/fanout.js``, the ``ws``
 package), pinned with ``taskset -c 1``, and measures everything itself: its own CPU
 (``process.cpuUsage``) and event-loop delay, and the hub's CPU and RSS from
-``/proc/<pid>`` over the measured window. Each scenario has a hard time bound; the hub and
-the generator are killed and the temp dir removed whatever happens.
+``/proc/<pid>`` over the measured window (and redis-server's CPU when the caller puts its
+pid in the config's ``auxPids``, as ``bench/suite.py`` does for ``hub-redis``). Each
+scenario has a hard time bound; the hubs and the generator are killed and the temp dirs
+removed whatever happens.
 
 The machine is shared: before each scenario the script waits (``--wait-quiet``, up to
 300 s) for a few idle seconds, and every run prints how much CPU other processes took
@@ -73,6 +80,8 @@ NODE_FLAGS: list[str] = []
 QUIET_WAIT_S = 0.0  # --wait-quiet
 HUB_SRC: Path | None = None  # --hub-src  # extra flags for the generator (--node-flag)
 
+# the hub's metrics kept in a result (hubMetrics); backfills and reconnects show Redis trouble
+METRICS = ("hub_ws_", "hub_events_appended", "hub_append_latency", "hub_backfilled", "hub_redis_")
 TARGET_A_DELIVERIES = 50_000  # deliveries/s, one stream, 1,000 subscribers
 TARGET_B_P99_MS = 10.0  # p99 commit -> receipt, orders scenario
 
@@ -102,13 +111,18 @@ def ensure_loadgen() -> None:
 
 
 class Hub:
-    """``python -m hub serve`` on a fresh temp data dir, pinned to one core."""
+    """``python -m hub serve`` on a fresh temp data dir (or ``data_dir``), pinned to one core."""
 
     def __init__(
-        self, log_level: str, extra_env: dict[str, str] | None = None, rev: str | None = None
+        self,
+        log_level: str,
+        extra_env: dict[str, str] | None = None,
+        rev: str | None = None,
+        data_dir: Path | None = None,
     ) -> None:
         self.extra_env = extra_env or {}
         self.tmp = Path(tempfile.mkdtemp(prefix="hub-fanout-"))
+        self.data_dir = data_dir or self.tmp / "data"  # another hub's: one shared streams DB
         self.src = HUB_SRC or ROOT
         if rev is not None:  # run that commit of the hub, exported, not the work tree
             self.src = self.tmp / "src"
@@ -130,7 +144,7 @@ class Hub:
     def start(self, wait: float = 30.0) -> Hub:
         env = dict(os.environ)
         env.update(
-            HUB_DATA_DIR=str(self.tmp / "data"),
+            HUB_DATA_DIR=str(self.data_dir),
             HUB_SECRET=SECRET,
             PYTHONUNBUFFERED="1",
         )
@@ -148,11 +162,11 @@ class Hub:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"hub exited early:\n{self.log()}")
-            try:
+            try:  # "ok": every check, so with Redis the broker is linked too
                 with urllib.request.urlopen(self.url("/healthz"), timeout=1) as r:
-                    if r.status == 200:
+                    if json.load(r).get("status") == "ok":
                         return self
-            except OSError:
+            except (OSError, ValueError):
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"hub did not become healthy:\n{self.log()}")
@@ -168,10 +182,7 @@ class Hub:
         except OSError:
             return out
         for line in text.splitlines():
-            if (
-                line.startswith(("hub_ws_", "hub_events_appended", "hub_append_latency"))
-                and " " in line
-            ):
+            if line.startswith(METRICS) and " " in line:
                 name, _, value = line.rpartition(" ")
                 out[name] = float(value)
         return out
@@ -257,18 +268,30 @@ def run_scenario(
     profile: Path | None = None,
     hub_env: dict[str, str] | None = None,
     rev: str | None = None,
+    instances: int = 1,
 ) -> dict[str, Any]:
-    """Start a fresh hub, run the generator against it, always clean up."""
-    hub = Hub(log_level, hub_env, rev)
+    """Start a fresh hub, run the generator against it, always clean up.
+
+    ``instances=2`` (scenario C): a second hub on the first one's data dir; the generator
+    appends on the first and subscribes on the second (``hub_env`` links them: Redis).
+    """
+    hubs = [Hub(log_level, hub_env, rev)]
     gen: subprocess.Popen[bytes] | None = None
     try:
         if QUIET_WAIT_S > 0:
             print(f"scenario {name}: {wait_quiet(QUIET_WAIT_S)}", flush=True)
         try:
-            hub.start()
+            hubs[0].start()
+            if instances == 2:  # made once the first listens, so their free ports differ
+                hubs.append(Hub(log_level, hub_env, rev, data_dir=hubs[0].data_dir))
+                hubs[1].start()
         except RuntimeError as exc:
             return {"scenario": name, "error": str(exc)}
+        pub, hub = hubs[0], hubs[-1]
+        assert pub.proc is not None
         assert hub.proc is not None
+        if instances == 2:
+            cfg = dict(cfg, pubPort=pub.port, pubPid=pub.proc.pid)
         cfg = dict(
             cfg,
             scenario=name,
@@ -315,16 +338,19 @@ def run_scenario(
             except subprocess.TimeoutExpired:
                 spy.kill()
                 spy.wait()
-        if hub.proc.poll() is not None:
+        if any(h.proc is not None and h.proc.poll() is not None for h in hubs):
             result.setdefault("error", "hub exited during the run")
         if "error" in result:
-            result["hubLog"] = hub.log()
+            result["hubLog"] = "\n".join(
+                f"[instance {i}]\n{h.log()}" for i, h in enumerate(hubs, 1)
+            )
         return result
     finally:
         if gen is not None and gen.poll() is None:
             os.killpg(gen.pid, signal.SIGKILL)
             gen.wait()
-        hub.cleanup()
+        for h in reversed(hubs):  # the first one's temp dir holds the shared data dir
+            h.cleanup()
 
 
 def fmt_ms(x: float) -> str:
@@ -386,12 +412,29 @@ def report(r: dict[str, Any]) -> bool:
         met = lat["p99Ms"] <= TARGET_B_P99_MS
         line += f"  target p99 <= {TARGET_B_P99_MS:g} ms: {'met' if met else 'MISSED'}"
     print(line)
+    m = r["hubMetrics"]
+    redis_counts = "".join(
+        f"; {label} {m[key]:g}"
+        for key, label in (
+            ("hub_backfilled_events_total", "events backfilled from the store"),
+            ("hub_redis_reconnects_total", "Redis reconnects"),
+        )
+        if key in m
+    )
     print(
-        f"  hub (core {HUB_CORE}): CPU {w['hubCpuPct']:.0f}% over {w['wallS']:.1f} s "
+        f"  {'subscribing instance' if 'pubCpuPct' in w else 'hub'} (core {HUB_CORE}):"
+        f" CPU {w['hubCpuPct']:.0f}% over {w['wallS']:.1f} s "
         f"(peak 1 s {w['hubCpuPeak1sPct']:.0f}%), RSS {w['hubRssStartMB']:.0f} -> "
         f"{w['hubRssEndMB']:.0f} MB (peak {w['hubRssPeakMB']:.0f} MB); "
-        f"slow-consumer fallbacks {fallbacks:g}"
+        f"slow-consumer fallbacks {fallbacks:g}{redis_counts}"
     )
+    if "pubCpuPct" in w:
+        print(
+            f"  publishing instance (core {HUB_CORE}): CPU {w['pubCpuPct']:.0f}%, RSS"
+            f" {w['pubRssStartMB']:.0f} -> {w['pubRssEndMB']:.0f} MB"
+        )
+    if "auxCpuPct" in w:
+        print(f"  redis-server (core {HUB_CORE}): CPU {w['auxCpuPct']:.0f}%")
     print(
         f"  generator (core {GEN_CORE}): CPU {w['genCpuPct']:.0f}% ({w['genCpuS']:.1f} s), "
         f"event-loop delay p99 {fmt_ms(w['genLoopDelayP99Ms'])} ms,"

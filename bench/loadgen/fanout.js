@@ -3,13 +3,17 @@
 //
 // Usage: node fanout.js CONFIG.json   (written by bench/fanout.py; see there for the fields)
 //
+// Scenario C (run by bench/suite.py) is scenario B against two hub instances: every HTTP request
+// goes to `pubPort` (instance 1), every WebSocket to `port` (instance 2).
+//
 // Prints one JSON line {"result": {...}} on stdout at the end (progress goes to stderr).
 // Every figure is measured here, on one clock (performance.now()):
 //   - latency of a delivery = receipt time - payload.t, where payload.t is set just before the
 //     append's HTTP request is created (so it includes the HTTP request and the commit: an upper
 //     bound of commit -> receipt);
 //   - hub CPU and RSS are read from /proc/<hub pid> at the start and end of the measured window
-//     (and sampled every 250 ms for peaks);
+//     (and sampled every 250 ms for peaks); likewise, at the start and end only, the publishing
+//     instance `pubPid` (scenario C) and `auxPids` (redis-server, whose CPU is summed);
 //   - the generator's own CPU comes from process.cpuUsage() over the same window.
 'use strict';
 
@@ -22,6 +26,7 @@ const cfg = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
 const T0 = performance.now();
 const DEADLINE = T0 + cfg.timeoutS * 1000;
 const agent = new http.Agent({ keepAlive: true, maxSockets: cfg.httpSockets || 64 });
+const PUB_PORT = cfg.pubPort || cfg.port; // HTTP appends go here (C: the other instance)
 
 function log(...a) {
   process.stderr.write(`[loadgen ${((performance.now() - T0) / 1000).toFixed(1)}s] ${a.join(' ')}\n`);
@@ -71,9 +76,12 @@ function cpuStat() {
 }
 
 class Window {
-  // CPU of the hub and of this process between start() and stop(), with 250 ms samples.
+  // CPU of the hub and of this process between start() and stop(), with 250 ms samples; CPU and
+  // RSS of the publishing instance (C) and CPU of redis-server, from start() to stop().
   start() {
     this.hub0 = procSample(cfg.hubPid);
+    this.pub0 = cfg.pubPid ? procSample(cfg.pubPid) : null;
+    this.aux0 = (cfg.auxPids || []).map(procSample);
     this.stat0 = cpuStat();
     this.self0 = process.cpuUsage();
     this.t0 = performance.now();
@@ -89,6 +97,8 @@ class Window {
     clearInterval(this.timer);
     this.eld.disable();
     const hub1 = procSample(cfg.hubPid);
+    const pub1 = cfg.pubPid ? procSample(cfg.pubPid) : null;
+    const aux1 = (cfg.auxPids || []).map(procSample);
     const stat1 = cpuStat();
     this.samples.push(hub1);
     const wall = (performance.now() - this.t0) / 1000;
@@ -102,6 +112,11 @@ class Window {
       if (j < s.length) peak = Math.max(peak, (s[j].cpu - s[i].cpu) / ((s[j].t - s[i].t) / 1000));
     }
     const hubCpu = hub1 && this.hub0 ? hub1.cpu - this.hub0.cpu : NaN;
+    const pubCpu = pub1 && this.pub0 ? pub1.cpu - this.pub0.cpu : 0;
+    let auxCpu = 0;
+    aux1.forEach((a, i) => {
+      if (a && this.aux0[i]) auxCpu += a.cpu - this.aux0[i].cpu;
+    });
     const pct = (k, f) => (this.stat0[k] && stat1[k] ? (100 * (stat1[k][f] - this.stat0[k][f])) / (stat1[k].all - this.stat0[k].all) : NaN);
     const machineTaskS = this.stat0.cpu && stat1.cpu ? (stat1.cpu.task - this.stat0.cpu.task) / CLK_TCK : NaN;
     const irqS = this.stat0.cpu && stat1.cpu ? (stat1.cpu.irq - this.stat0.cpu.irq) / CLK_TCK : NaN;
@@ -114,13 +129,20 @@ class Window {
       hubRssEndMB: hub1 ? hub1.rss / 2 ** 20 : NaN,
       hubRssPeakMB: Math.max(...s.map((x) => x.rss)) / 2 ** 20,
       hubRssHwmMB: hub1 ? hub1.hwm / 2 ** 20 : NaN,
+      ...(cfg.pubPid && {
+        pubCpuPct: (100 * pubCpu) / wall,
+        pubRssStartMB: this.pub0 ? this.pub0.rss / 2 ** 20 : NaN,
+        pubRssEndMB: pub1 ? pub1.rss / 2 ** 20 : NaN,
+      }),
+      ...(cfg.auxPids && { auxCpuPct: (100 * auxCpu) / wall }), // redis-server
       genCpuS: selfCpu,
       genCpuPct: (100 * selfCpu) / wall,
       core0BusyPct: pct('cpu0', 'busy'),
       core1BusyPct: pct('cpu1', 'busy'),
       stealPct: pct('cpu', 'steal'),
-      // CPU charged to other processes (user+system time on the machine minus hub and generator), % of one core
-      othersCpuPct: Math.max(0, (100 * (machineTaskS - hubCpu - selfCpu)) / wall),
+      // CPU charged to other processes (user+system time on the machine minus the hub instances,
+      // redis-server and the generator), % of one core
+      othersCpuPct: Math.max(0, (100 * (machineTaskS - hubCpu - pubCpu - auxCpu - selfCpu)) / wall),
       // interrupts + softirq on both cores (loopback TCP of this benchmark, mostly), % of one core
       irqCpuPct: (100 * irqS) / wall,
       genLoopDelayP99Ms: this.eld.percentile(99) / 1e6 - 2,
@@ -136,7 +158,7 @@ function post(path, token, body) {
     const req = http.request(
       {
         host: cfg.host,
-        port: cfg.port,
+        port: PUB_PORT,
         method: 'POST',
         path,
         agent,
@@ -419,7 +441,10 @@ async function scenarioA() {
   };
 }
 
-// ---------------------------------------------------------------- scenario B: orders
+// ---------------------------------------------------------------- scenario B (and C): orders
+// C: the streams are opened and every event appended on instance 1 (PUB_PORT), the subscribers
+// are on instance 2; each is live (its replay of the 2 setup events done) before the first
+// measured event is sent.
 async function scenarioB() {
   const { streams, perStream, rate } = cfg.b;
   const ids = [];
@@ -514,7 +539,7 @@ async function scenarioB() {
   for (const s of subs) s.close();
   const v = verify(subs, perStream);
   return {
-    scenario: 'B',
+    scenario: cfg.scenario,
     streams,
     subscribers: subs.length,
     events: total,
@@ -562,7 +587,7 @@ async function main() {
   killer.unref();
   let result;
   try {
-    result = cfg.scenario === 'A' ? await scenarioA() : cfg.scenario === 'D' ? await scenarioD() : await scenarioB();
+    result = await { A: scenarioA, B: scenarioB, C: scenarioB, D: scenarioD }[cfg.scenario]();
   } catch (e) {
     result = { scenario: cfg.scenario, error: String(e && e.stack ? e.stack : e) };
   }

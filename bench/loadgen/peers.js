@@ -11,6 +11,11 @@
 // Readiness: peers say nothing when a subscription is active (broadcaster, Channels and
 // socket.io subscribe to Redis asynchronously), so after connecting the generator publishes
 // warm-up msgs every 250 ms until every subscriber has received one.
+// Scenario C (cross-instance) is B against two server processes sharing one Redis: msgs are
+// published on `pubPort` (instance 1, `pubPid`), subscribers connect to `port` (instance 2,
+// `hubPid`), so the warm-up also waits until every subscription is active through Redis.
+// CPU and RSS: `hubPid` sampled every 250 ms, `pubPid` (C) and `auxPids` (redis-server, CPU
+// summed) at the start and end of the measured window.
 // Usage: node peers.js CONFIG.json ; prints {"result": {...}} (same shape as fanout.js).
 'use strict';
 
@@ -56,6 +61,7 @@ function cpuStat() {
 class Window {
   start() {
     this.hub0 = procSample(cfg.hubPid);
+    this.pub0 = cfg.pubPid ? procSample(cfg.pubPid) : null;
     this.aux0 = (cfg.auxPids || []).map(procSample);
     this.stat0 = cpuStat();
     this.self0 = process.cpuUsage();
@@ -72,6 +78,7 @@ class Window {
     clearInterval(this.timer);
     this.eld.disable();
     const hub1 = procSample(cfg.hubPid);
+    const pub1 = cfg.pubPid ? procSample(cfg.pubPid) : null;
     const aux1 = (cfg.auxPids || []).map(procSample);
     const stat1 = cpuStat();
     this.samples.push(hub1);
@@ -85,6 +92,7 @@ class Window {
       if (j < s.length) peak = Math.max(peak, (s[j].cpu - s[i].cpu) / ((s[j].t - s[i].t) / 1000));
     }
     const hubCpu = hub1 && this.hub0 ? hub1.cpu - this.hub0.cpu : NaN;
+    const pubCpu = pub1 && this.pub0 ? pub1.cpu - this.pub0.cpu : 0;
     let auxCpu = 0;
     aux1.forEach((a, i) => {
       if (a && this.aux0[i]) auxCpu += a.cpu - this.aux0[i].cpu;
@@ -97,16 +105,21 @@ class Window {
       hubCpuS: hubCpu,
       hubCpuPct: (100 * hubCpu) / wall,
       hubCpuPeak1sPct: 100 * peak,
-      auxCpuPct: (100 * auxCpu) / wall, // redis-server
+      ...(cfg.auxPids && { auxCpuPct: (100 * auxCpu) / wall }), // redis-server
       hubRssStartMB: this.hub0 ? this.hub0.rss / 2 ** 20 : NaN,
       hubRssEndMB: hub1 ? hub1.rss / 2 ** 20 : NaN,
       hubRssPeakMB: Math.max(...s.map((x) => x.rss)) / 2 ** 20,
+      ...(cfg.pubPid && {
+        pubCpuPct: (100 * pubCpu) / wall,
+        pubRssStartMB: this.pub0 ? this.pub0.rss / 2 ** 20 : NaN,
+        pubRssEndMB: pub1 ? pub1.rss / 2 ** 20 : NaN,
+      }),
       genCpuS: selfCpu,
       genCpuPct: (100 * selfCpu) / wall,
       core0BusyPct: pct('cpu0', 'busy'),
       core1BusyPct: pct('cpu1', 'busy'),
       stealPct: pct('cpu', 'steal'),
-      othersCpuPct: Math.max(0, (100 * (machineTaskS - hubCpu - auxCpu - selfCpu)) / wall),
+      othersCpuPct: Math.max(0, (100 * (machineTaskS - hubCpu - pubCpu - auxCpu - selfCpu)) / wall),
       irqCpuPct: (100 * irqS) / wall,
       genLoopDelayP99Ms: this.eld.percentile(99) / 1e6 - 2,
       genLoopDelayMaxMs: this.eld.max / 1e6 - 2,
@@ -406,7 +419,7 @@ async function scenarioB() {
   for (const s of subs) s.close();
   const v = verify(subs, perStream);
   return {
-    scenario: 'B', streams, subscribers: subs.length, events: total, perStream, targetRate: rate,
+    scenario: cfg.scenario, streams, subscribers: subs.length, events: total, perStream, targetRate: rate,
     achievedRate: k / ((tSent - start) / 1000), sendLag: quantiles(lag), maxInFlight, appendErrors: bad,
     appendRtt: quantiles(rtt), allDelivered: allIn, latency: lat.stats(), verify: v, window: w, coldSubscribers, endedBy,
   };
@@ -436,7 +449,7 @@ async function main() {
   killer.unref();
   let result;
   try {
-    result = await ({ A: scenarioA, B: scenarioB, D: scenarioD }[cfg.scenario])();
+    result = await ({ A: scenarioA, B: scenarioB, C: scenarioB, D: scenarioD }[cfg.scenario])();
   } catch (e) {
     result = { scenario: cfg.scenario, error: String(e && e.stack ? e.stack : e) };
   }

@@ -1,0 +1,155 @@
+// Shared pieces of the E and F generators (writers.js, gps.js): /proc sampling of the server
+// (and redis-server), the generator's own CPU, HTTP with a keep-alive agent, quantiles, and the
+// hub's /metrics. Config is the JSON file written by bench/ef.py (argv[2]).
+'use strict';
+
+const fs = require('fs');
+const http = require('http');
+const { performance, monitorEventLoopDelay } = require('perf_hooks');
+
+const cfg = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
+const T0 = performance.now();
+const DEADLINE = T0 + cfg.timeoutS * 1000;
+const agent = new http.Agent({ keepAlive: true, maxSockets: cfg.httpSockets || 256 });
+const CLK_TCK = cfg.clkTck || 100;
+
+function log(...a) {
+  process.stderr.write(`[${cfg.scenario} ${((performance.now() - T0) / 1000).toFixed(1)}s] ${a.join(' ')}\n`);
+}
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function procSample(pid) {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const cpu = (Number(f[11]) + Number(f[12])) / CLK_TCK; // utime + stime, seconds
+    const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+    const rss = Number((/VmRSS:\s+(\d+)/.exec(status) || [0, 0])[1]) * 1024;
+    return { t: performance.now(), cpu, rss };
+  } catch (e) {
+    return null;
+  }
+}
+
+function machineTaskJiffies() {
+  const v = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  return v[0] + v[1] + v[2]; // user + nice + system, all cores
+}
+
+class Window {
+  // CPU of the server, redis-server (auxPids) and this process between start() and stop().
+  start() {
+    this.srv0 = procSample(cfg.serverPid);
+    this.aux0 = (cfg.auxPids || []).map(procSample);
+    this.task0 = machineTaskJiffies();
+    this.self0 = process.cpuUsage();
+    this.t0 = performance.now();
+    this.rssPeak = this.srv0 ? this.srv0.rss : 0;
+    this.eld = monitorEventLoopDelay({ resolution: 2 });
+    this.eld.enable();
+    this.timer = setInterval(() => {
+      const s = procSample(cfg.serverPid);
+      if (s) this.rssPeak = Math.max(this.rssPeak, s.rss);
+    }, 250);
+  }
+  stop() {
+    clearInterval(this.timer);
+    this.eld.disable();
+    const srv1 = procSample(cfg.serverPid);
+    const aux1 = (cfg.auxPids || []).map(procSample);
+    const wall = (performance.now() - this.t0) / 1000;
+    const self = process.cpuUsage(this.self0);
+    const selfCpu = (self.user + self.system) / 1e6;
+    const srvCpu = srv1 && this.srv0 ? srv1.cpu - this.srv0.cpu : NaN;
+    let auxCpu = 0;
+    aux1.forEach((a, i) => {
+      if (a && this.aux0[i]) auxCpu += a.cpu - this.aux0[i].cpu;
+    });
+    const machineS = (machineTaskJiffies() - this.task0) / CLK_TCK;
+    return {
+      wallS: wall,
+      serverCpuPct: (100 * srvCpu) / wall,
+      redisCpuPct: cfg.auxPids && cfg.auxPids.length ? (100 * auxCpu) / wall : null,
+      serverRssStartMB: this.srv0 ? this.srv0.rss / 2 ** 20 : NaN,
+      serverRssEndMB: srv1 ? srv1.rss / 2 ** 20 : NaN,
+      serverRssPeakMB: Math.max(this.rssPeak, srv1 ? srv1.rss : 0) / 2 ** 20,
+      genCpuS: selfCpu,
+      genCpuPct: (100 * selfCpu) / wall,
+      genLoopDelayP99Ms: this.eld.percentile(99) / 1e6 - 2,
+      // user+system time of every other process, % of one core (the machine is shared)
+      othersCpuPct: Math.max(0, (100 * (machineS - srvCpu - auxCpu - selfCpu)) / wall),
+    };
+  }
+}
+
+function request(method, path, token, body, port) {
+  return new Promise((resolve, reject) => {
+    const data = body === undefined ? null : Buffer.from(JSON.stringify(body));
+    const headers = {};
+    if (data) {
+      headers['content-type'] = 'application/json';
+      headers['content-length'] = data.length;
+    }
+    if (token) headers.authorization = `Bearer ${token}`;
+    const req = http.request({ host: cfg.host, port: port || cfg.port, method, path, agent, headers }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString() }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.setTimeout(60000, () => req.destroy(new Error('HTTP timeout')));
+    req.end(data);
+  });
+}
+
+async function pool(n, concurrency, fn) {
+  let next = 0;
+  const workers = [];
+  for (let w = 0; w < Math.min(n, concurrency); w++) {
+    workers.push((async () => { while (next < n) await fn(next++); })());
+  }
+  await Promise.all(workers);
+}
+
+function quantiles(values) {
+  const a = Float64Array.from(values).sort();
+  const q = (p) => (a.length ? a[Math.min(a.length - 1, Math.floor((p / 100) * a.length))] : NaN);
+  return { n: a.length, p50Ms: q(50), p99Ms: q(99), p999Ms: q(99.9), maxMs: a.length ? a[a.length - 1] : NaN };
+}
+
+async function hubMetrics() {
+  // the hub's counters this benchmark reads (Prometheus text, one sample per line)
+  const r = await request('GET', '/metrics');
+  const want = {
+    tenantWrites: 'hub_db_writes_total{target="tenant"}',
+    streamsWrites: 'hub_db_writes_total{target="streams"}',
+    gpsPings: 'hub_gps_pings_total',
+    gpsDropped: 'hub_gps_pings_dropped_total',
+  };
+  const out = {};
+  for (const line of r.body.split('\n')) {
+    for (const [k, name] of Object.entries(want)) {
+      if (line.startsWith(name + ' ')) out[k] = Number(line.slice(name.length + 1));
+    }
+  }
+  return out;
+}
+
+function run(scenario) {
+  // run the scenario, print {"result": ...} on stdout; a hard bound ends it whatever happens
+  const killer = setTimeout(() => {
+    process.stdout.write(JSON.stringify({ result: { error: 'hard deadline' } }) + '\n');
+    process.exit(3);
+  }, cfg.timeoutS * 1000 + 15000);
+  killer.unref();
+  scenario()
+    .catch((e) => ({ error: String(e && e.stack ? e.stack : e) }))
+    .then((result) => {
+      process.stdout.write(JSON.stringify({ result }) + '\n');
+      agent.destroy();
+      setTimeout(() => process.exit(0), 200).unref();
+    });
+}
+
+module.exports = { cfg, T0, DEADLINE, log, sleep, Window, request, pool, quantiles, hubMetrics, run };
