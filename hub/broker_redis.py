@@ -31,9 +31,9 @@ Against a real multi-shard Redis Cluster (``cluster=True``, or ``None``: asked o
 node answers MOVED for slots it does not own and CROSSSLOT for SSUBSCRIBEs that span
 slots. So in cluster mode:
 
-- the broker keeps the slot map itself (``CLUSTER SLOTS``, asked of any known node) and
-  one small client per master; it is asked again at every listener session and after
-  any failed publish;
+- the broker keeps the slot map itself (:mod:`hub.redis_cluster`: ``CLUSTER SLOTS``, asked
+  of any known node) and one small client per master; it is asked again at every listener
+  session and after any failed publish;
 - the publisher groups each batch by master and sends one SPUBLISH pipeline per master
   (concurrently, each in commit order); a master that fails keeps only its own messages
   in the outbox (the others are sent), so a channel's messages are never reordered;
@@ -62,19 +62,19 @@ import logging
 import random
 import secrets
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.crc import key_slot
-from redis.exceptions import AskError, RedisError, ResponseError
+from redis.exceptions import AskError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from hub.broker import Deliver, Message, Notice, routes
 from hub.events import Event
 from hub.metrics import Metrics
+from hub.redis_cluster import CLIENT_OPTIONS, Rerouted, Topology, by_slot
 from hub.store import AppendResult
 
 __all__ = ["RedisBroker"]
@@ -87,10 +87,6 @@ CONFIRM_TIMEOUT = 2.0
 IDLE_PING = 5.0  # seconds of silence before the listener pings Redis
 DEAD_AFTER = 15.0  # seconds of silence (no reply to pings) before reconnecting
 MAX_BACKOFF = 5.0
-SLOTS = 16384  # Redis Cluster hash slots
-CLIENT_OPTIONS: dict[str, Any] = {
-    "socket_connect_timeout": 2, "socket_timeout": 10, "health_check_interval": 0,
-}  # fmt: skip
 
 
 def _event_from_json(data: bytes) -> Event:
@@ -105,30 +101,6 @@ def _event_from_json(data: bytes) -> Event:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _node_url(url: str, host: str, port: int) -> str:
-    """``url`` (scheme, credentials, options) pointed at one cluster node, database 0."""
-    parts = urlsplit(url)
-    userinfo = parts.netloc.rpartition("@")[0]
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    netloc = f"{userinfo}@{address}" if userinfo else address
-    return urlunsplit((parts.scheme, netloc, "", parts.query, ""))
-
-
-def _parse_slots(reply: Any, asked_host: str) -> tuple[list[str | None], list[str]]:
-    """A ``CLUSTER SLOTS`` reply as (slot -> master "host:port", sorted masters)."""
-    slots: list[str | None] = [None] * SLOTS
-    masters: set[str] = set()
-    for entry in reply:
-        start, end, primary = int(entry[0]), int(entry[1]), entry[2]
-        host = _text(primary[0])
-        if host == "?":  # the node's endpoint is unknown: leave its slots uncovered
-            continue
-        name = f"{host or asked_host}:{int(primary[1])}"  # "" = the node that answered
-        masters.add(name)
-        slots[start : end + 1] = [name] * (end - start + 1)
-    return slots, sorted(masters)
 
 
 async def _messages(pubsub: Any, label: str) -> AsyncIterator[dict[str, Any]]:
@@ -148,10 +120,6 @@ async def _messages(pubsub: Any, label: str) -> AsyncIterator[dict[str, Any]]:
             continue
         last_seen, pinged = now, False
         yield msg
-
-
-class _Rerouted(RedisError):
-    """The cluster's slot map changed under a listener session."""
 
 
 @dataclass(eq=False)
@@ -197,13 +165,7 @@ class RedisBroker:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         # Cluster mode (sharded only): None until the server has been asked.
-        self._cluster: bool | None = cluster if sharded else False
-        self._mode_lock = asyncio.Lock()
-        self._nodes: dict[str, aioredis.Redis] = {}  # "host:port" -> client of that master
-        self._slots: list[str | None] = []  # the latest slot map (slot -> "host:port")
-        self._masters: list[str] = []
-        self._stale = True  # ask CLUSTER SLOTS before the next publish
-        self._topology_lock = asyncio.Lock()
+        self._topo = Topology(url, cluster if sharded else False)
         self._links: dict[str, _Link] = {}  # this session's connections, by master
         self._route: list[str | None] = []  # this session's slot map
         self._ctl_link: _Link | None = None  # the connection whose hub:ctl messages count
@@ -236,10 +198,7 @@ class RedisBroker:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self._drop_pubsub()
-        nodes, self._nodes = list(self._nodes.values()), {}
-        for node in nodes:
-            with contextlib.suppress(Exception):
-                await node.aclose()
+        await self._topo.close()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -254,78 +213,12 @@ class RedisBroker:
             return f"failing: {self._publish_error}"
         return "ok"
 
-    # -- cluster topology ----------------------------------------------------------
-
-    async def _cluster_mode(self) -> bool:
-        """Whether the sharded channels live on a Redis Cluster (asked once, then kept)."""
-        if self._cluster is None:
-            async with self._mode_lock:
-                if self._cluster is None:
-                    assert self._client is not None
-                    try:
-                        info = await self._client.info("cluster")
-                    except ResponseError as exc:  # INFO refused (an ACL): take one server
-                        log.warning("INFO cluster refused (%s): using one Redis endpoint", exc)
-                        info = {}
-                    self._cluster = bool(info.get("cluster_enabled"))
-                    if self._cluster:
-                        log.info("Redis Cluster: sharded channels follow the slot map")
-        return self._cluster
-
-    def _node(self, name: str) -> aioredis.Redis:
-        """The client of master ``name`` ("host:port"), created on first use."""
-        client = self._nodes.get(name)
-        if client is None:
-            host, _, port = name.rpartition(":")
-            client = aioredis.from_url(_node_url(self.url, host, int(port)), **CLIENT_OPTIONS)
-            self._nodes[name] = client
-        return client
-
-    async def _topology(self, *, fresh: bool = False) -> list[str | None]:
-        """The slot map, asked again (``CLUSTER SLOTS``) when stale or ``fresh``."""
-        async with self._topology_lock:
-            if fresh or self._stale or not self._slots:
-                await self._load_topology()
-            return self._slots
-
-    async def _load_topology(self) -> None:
+    def _seed(self) -> aioredis.Redis:
         assert self._client is not None
-        seed = urlsplit(self.url).hostname or ""
-        asks: list[tuple[aioredis.Redis, str]] = [
-            (self._node(name), name.rpartition(":")[0]) for name in self._masters
-        ]
-        asks.append((self._client, seed))  # HUB_REDIS_URL, also when the known masters fail
-        error: Exception = RedisError("no cluster node answered")
-        for client, host in asks:
-            try:
-                reply = await cast(Any, client).execute_command("CLUSTER", "SLOTS")
-            except (RedisError, OSError) as exc:
-                error = exc
-                continue
-            try:
-                slots, masters = _parse_slots(reply, host)
-            except (ValueError, TypeError, IndexError) as exc:
-                error = RedisError(f"unreadable CLUSTER SLOTS reply: {exc!r}")
-                continue
-            break
-        else:
-            raise error
-        self._slots, self._masters, self._stale = slots, masters, False
-        for name, node in list(self._nodes.items()):
-            if name not in masters:  # no longer a master: drop its idle connections (the
-                with contextlib.suppress(Exception):  # client stays, closed by close())
-                    await node.connection_pool.disconnect(inuse_connections=False)
+        return self._client
 
-    def _by_slot(self, route: list[str | None], names: Iterable[str]) -> dict[str, list[list[str]]]:
-        """Channel names grouped by master, then by slot (one SSUBSCRIBE may not span slots)."""
-        out: dict[str, dict[int, list[str]]] = {}
-        for name in names:
-            slot = key_slot(name.encode())
-            node = route[slot] if route else None
-            if node is None:
-                raise _Rerouted(f"slot {slot} of {name} has no master")
-            out.setdefault(node, {}).setdefault(slot, []).append(name)
-        return {node: list(groups.values()) for node, groups in out.items()}
+    async def _is_cluster(self) -> bool:
+        return await self._topo.is_cluster(self._seed())
 
     # -- publishing --------------------------------------------------------------
 
@@ -397,7 +290,7 @@ class RedisBroker:
             self._publish_error = None
 
     async def _send(self, batch: list[tuple[str, bytes]], *, ctl: bool = False) -> None:
-        if self.sharded and await self._cluster_mode():
+        if self.sharded and await self._is_cluster():
             await self._send_cluster(batch, ctl=ctl)
             return
         assert self._client is not None
@@ -414,7 +307,7 @@ class RedisBroker:
         """SPUBLISH ``batch`` with one pipeline per master. On failure ``batch`` keeps only
         the messages of the masters that failed (the others were sent), then it raises."""
         try:
-            slots = await self._topology()
+            slots = await self._topo.route(self._seed())
             if ctl:
                 await self._publish_ctl([data for _, data in batch])
                 return
@@ -434,13 +327,13 @@ class RedisBroker:
                 assert isinstance(error, BaseException)
                 raise error
         except Exception:
-            self._stale = True  # ask for the slot map again before the next try
+            self._topo.stale = True  # ask for the slot map again before the next try
             raise
 
     async def _spublish(self, node: str | None, items: list[tuple[str, bytes]]) -> None:
         if node is None:
             raise RedisError(f"the slot of {items[0][0]} has no master")
-        pipe = self._node(node).pipeline(transaction=False)
+        pipe = self._topo.node(node).pipeline(transaction=False)
         for name, data in items:
             pipe.execute_command("SPUBLISH", name, data)
         await pipe.execute()
@@ -448,8 +341,8 @@ class RedisBroker:
     async def _publish_ctl(self, messages: list[bytes]) -> None:
         """PUBLISH on hub:ctl through the first master that takes it (a cluster broadcasts)."""
         error: Exception = RedisError("no cluster master known")
-        for node in self._masters:
-            pipe = self._node(node).pipeline(transaction=False)
+        for node in self._topo.masters:
+            pipe = self._topo.node(node).pipeline(transaction=False)
             for data in messages:
                 pipe.publish(self.ctl, data)
             try:
@@ -598,7 +491,7 @@ class RedisBroker:
 
     async def _session(self) -> None:
         """One pub/sub connection's life: subscribe everything, resync, relay messages."""
-        if self.sharded and await self._cluster_mode():
+        if self.sharded and await self._is_cluster():
             await self._cluster_session()
             return
         assert self._client is not None
@@ -635,15 +528,16 @@ class RedisBroker:
     async def _cluster_session(self) -> None:
         """One cluster session: a pub/sub connection per master, each read by its own task;
         it ends (raising) when any of them fails or the slot map moves under it."""
-        route = await self._topology(fresh=True)
+        route = await self._topo.route(self._seed(), fresh=True)
         masters = sorted({node for node in route if node is not None})
         if not masters:
-            raise _Rerouted("the cluster's slot map names no master")
+            raise Rerouted("the cluster's slot map names no master")
         self._route = route
         self._resync_after = 0
         subscribed = set(self._channels)
-        groups = self._by_slot(route, (self.prefix + c for c in subscribed))
-        links = self._links = {node: _Link(node, self._node(node).pubsub()) for node in masters}
+        groups = by_slot(route, (self.prefix + c for c in subscribed))
+        topo = self._topo
+        links = self._links = {node: _Link(node, topo.node(node).pubsub()) for node in masters}
         self._ctl_link = links[masters[0]]
         kick = self._kick = asyncio.get_running_loop().create_future()
         for node, link in links.items():
@@ -656,7 +550,7 @@ class RedisBroker:
         try:
             done, _ = await asyncio.wait([kick, *readers], return_when=asyncio.FIRST_COMPLETED)
             if kick.done():
-                raise _Rerouted(kick.result())
+                raise Rerouted(kick.result())
             for task in done:
                 task.result()  # a reader's failure ends the session with its error
             raise RedisError("a pub/sub reader stopped")  # readers only end by failing
@@ -666,15 +560,15 @@ class RedisBroker:
             await asyncio.gather(*readers, return_exceptions=True)
 
     async def _cluster_sub(self, names: list[str]) -> None:
-        for node, slot_groups in self._by_slot(self._route, names).items():
+        for node, slot_groups in by_slot(self._route, names).items():
             link = self._links.get(node)
             if link is None:
-                raise _Rerouted(f"no connection to {node}")
+                raise Rerouted(f"no connection to {node}")
             for group in slot_groups:
                 await link.pubsub.execute_command("SSUBSCRIBE", *group)
 
     async def _cluster_unsub(self, names: list[str]) -> None:
-        for node, slot_groups in self._by_slot(self._route, names).items():
+        for node, slot_groups in by_slot(self._route, names).items():
             link = self._links.get(node)
             if link is None:
                 continue  # never subscribed there
@@ -701,7 +595,7 @@ class RedisBroker:
                 if link.unsubscribing[name] > 0:
                     link.unsubscribing[name] -= 1
                 else:  # the server dropped it: its slot moved to another master
-                    raise _Rerouted(f"{link.node} unsubscribed {name} (slot moved)")
+                    raise Rerouted(f"{link.node} unsubscribed {name} (slot moved)")
             elif kind == "smessage" or (kind == "message" and link is self._ctl_link):
                 self._dispatch(name, msg["data"])
 

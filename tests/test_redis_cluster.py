@@ -440,15 +440,15 @@ async def test_migrated_slot_is_followed_to_its_new_master(pair: Pair) -> None:
 
 def test_node_urls_keep_the_credentials_and_options_of_hub_redis_url() -> None:
     """A master's URL keeps HUB_REDIS_URL's credentials and options; CLUSTER SLOTS is parsed."""
-    from hub.broker_redis import _node_url, _parse_slots
+    from hub.redis_cluster import node_url, parse_slots
 
     url = "rediss://hub:p%40ss@seed.example:6380/3?ssl_cert_reqs=none"
     assert (
-        _node_url(url, "10.0.0.7", 7000) == "rediss://hub:p%40ss@10.0.0.7:7000?ssl_cert_reqs=none"
+        node_url(url, "10.0.0.7", 7000) == "rediss://hub:p%40ss@10.0.0.7:7000?ssl_cert_reqs=none"
     )
-    assert _node_url("redis://seed", "::1", 7001) == "redis://[::1]:7001"
+    assert node_url("redis://seed", "::1", 7001) == "redis://[::1]:7001"
     reply = [[0, 99, [b"", 7000, b"id-a"]], [100, 16383, [b"10.0.0.8", 7001, b"id-b"], [b"x", 1]]]
-    slots, masters = _parse_slots(reply, "seed.example")
+    slots, masters = parse_slots(reply, "seed.example")
     assert masters == ["10.0.0.8:7001", "seed.example:7000"]
     assert (slots[0], slots[99], slots[100], slots[16383]) == (
         "seed.example:7000", "seed.example:7000", "10.0.0.8:7001", "10.0.0.8:7001",
