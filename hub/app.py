@@ -21,9 +21,10 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocketClose
 
 from hub.append import AppendEndpoint, bearer_token, read_json
 from hub.archive import open_archive
@@ -90,13 +91,20 @@ _REDACT = RedactTokens()
 
 
 class StaticPages:
-    """The web UI's files for GET and HEAD; anything else under no route is a 404."""
+    """What no route matches: the web UI's files for GET and HEAD, else a 404.
+
+    It is the router's fallback, not a route, so a known path asked with another method
+    still gets its 405 (with ``Allow``).
+    """
 
     def __init__(self, directory: Path) -> None:
         self.files = StaticFiles(directory=directory, html=True)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD"):
+        if scope["type"] == "websocket":
+            await WebSocketClose()(scope, receive, send)
+            return
+        if scope["method"] not in ("GET", "HEAD"):
             raise HTTPException(404, "Not Found")
         await self.files(scope, receive, send)
 
@@ -293,14 +301,15 @@ def create_app(settings: Settings, *, static_dir: Path | None = STATIC_DIR) -> S
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
-    if static_dir is not None and static_dir.is_dir():
-        routes.append(Mount("/", StaticPages(static_dir), name="static"))
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         HubError: hub_error,
         HTTPException: http_error,
         Exception: internal_error,
     }
     application = _Hub(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    application.router.redirect_slashes = False  # a path is found as it is written, or not
+    if static_dir is not None and static_dir.is_dir():
+        application.router.default = StaticPages(static_dir)
     application.append = append
     application.stream_socket = StreamEndpoint(node)
     application.inbox_socket = InboxEndpoint(node)

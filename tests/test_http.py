@@ -506,8 +506,31 @@ def test_drawn_ids_are_random_and_an_unnamed_event_is_new_each_time(c: httpx.Cli
     assert [e["seq"] for e in read_back(c, sid) or []] == list(range(1, 101))
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [("GET", "/api/streams/s-x/events", "POST"), ("DELETE", "/api/streams/s-x", "GET"),
+     ("GET", "/api/orders", "POST"), ("PUT", "/healthz", "GET")],
+)  # fmt: skip
+def test_a_known_path_with_another_method_is_405(
+    c: httpx.Client, method: str, path: str, allow: str
+) -> None:
+    with nothing_written(c, "s-x"):
+        r = c.request(method, path, json={"opcode": 303}, headers=PLATFORM)
+        assert assert_error(r, 405)["code"] == "method_not_allowed"
+        assert allow in r.headers["allow"]
+
+
+def test_unknown_paths_are_404_and_pages_are_served(c: httpx.Client) -> None:
+    for method, path in [("GET", "/nope"), ("POST", "/nope"), ("POST", "/index.html"),
+                         ("GET", "/api/streams/s-x/events/")]:  # fmt: skip
+        assert assert_error(c.request(method, path), 404)["code"] == "not_found", path
+    r = c.get("/")
+    assert r.status_code == 200, r.text[:200]
+    assert "text/html" in r.headers["content-type"]
+
+
 @pytest.mark.parametrize("path", ["/api/streams/a%2Fb/events", "/api/streams//events",
-                                  "/api/streams/x/y/events", "/api/streams/events"])  # fmt: skip
+                                  "/api/streams/x/y/events"])  # fmt: skip
 def test_events_path_needs_one_stream_segment(c: httpx.Client, path: str) -> None:
     r = c.post(path, json={"opcode": 303}, headers=PLATFORM)
     assert assert_error(r, 404)["code"] == "not_found"
