@@ -139,6 +139,19 @@ class _Collector(Collector):
                                   " max_open cap)", t.opens)  # fmt: skip
 
 
+def _max_open(wanted: int | None) -> int:
+    """How many tenant DBs to keep open: ``wanted``, less if the open-file limit is too low
+    (None: :data:`DEFAULT_MAX_OPEN`, lowered without a warning)."""
+    if wanted is not None and wanted < 1:
+        raise ValueError("max_open must be at least 1")
+    fd_limit = raise_fd_limit()
+    cap = open_cap(DEFAULT_MAX_OPEN if wanted is None else wanted, fd_limit)
+    if wanted is not None and cap < wanted:
+        log.warning("keeping %d tenant DBs open, not %d: the open-file limit is %d and each"
+                    " open DB holds %d", cap, wanted, fd_limit, FDS_PER_DB)  # fmt: skip
+    return cap
+
+
 class Tenants:
     """Opens tenant DBs on first use (created if missing) and the public DB."""
 
@@ -154,9 +167,8 @@ class Tenants:
         if "{tenant}" not in tenant_url:
             raise ValueError("HUB_TENANT_DB must contain {tenant}")
         self._template = tenant_url
-        self.max_open = DEFAULT_MAX_OPEN
+        self.max_open = _max_open(max_open)
         self.opens = 0  # tenant DBs opened, reopenings included
-        self.set_max_open(max_open)
         self._auth_token = auth_token
         self._metrics = metrics
         self._pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="hub-tenant-db")
@@ -172,18 +184,6 @@ class Tenants:
         self._closed = False
         if metrics is not None:
             metrics.registry.register(_Collector(self))
-
-    def set_max_open(self, wanted: int | None) -> None:
-        """Keep at most ``wanted`` tenant DBs open, less if the open-file limit is too low
-        (None: :data:`DEFAULT_MAX_OPEN`, lowered without a warning)."""
-        if wanted is not None and wanted < 1:
-            raise ValueError("max_open must be at least 1")
-        fd_limit = raise_fd_limit()
-        self.max_open = open_cap(DEFAULT_MAX_OPEN if wanted is None else wanted, fd_limit)
-        if wanted is not None and self.max_open < wanted:
-            log.warning("keeping %d tenant DBs open, not %d: the open-file limit is %d and each"
-                        " open DB holds %d", self.max_open, wanted, fd_limit,
-                        FDS_PER_DB)  # fmt: skip
 
     def _counter(self, target: str) -> WriteCounter | None:
         metrics = self._metrics

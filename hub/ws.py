@@ -30,6 +30,7 @@ from urllib.parse import parse_qs
 
 from starlette.types import Receive, Scope, Send
 
+from hub.append import bearer_token
 from hub.archiver import archived_frame
 from hub.auth import Principal
 from hub.broker import Message, Notice, inbox_channel, stream_channel
@@ -397,15 +398,6 @@ def origin_allowed(scope: Scope, allowed: tuple[str, ...]) -> bool:
     return bool(host) and value.split("://", 1)[-1] == host
 
 
-def _token(scope: Scope, query: dict[str, str]) -> str | None:
-    for name, value in scope.get("headers", []):
-        if name == b"authorization":
-            scheme, _, bearer = bytes(value).decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer" and bearer.strip():
-                return bearer.strip()
-    return query.get("token") or None
-
-
 class _Endpoint:
     """Raw ASGI WebSocket endpoint shared by the stream and inbox paths."""
 
@@ -459,7 +451,7 @@ class _Endpoint:
             return int(CloseCode.FORBIDDEN)
         query = _query(scope)
         try:
-            who = node.tokens.principal(_token(scope, query))
+            who = node.tokens.principal(bearer_token(scope) or query.get("token") or None)
         except HubError:
             return int(CloseCode.UNAUTHORIZED)
         subject = f"{who.role}:{who.tenant}"
