@@ -34,7 +34,7 @@ from hub.config import Settings
 from hub.errors import BadRequest, Forbidden, HubError, Unavailable
 from hub.events import check_stream_id
 from hub.gps import Gps
-from hub.node import Node, order_status
+from hub.node import ORDER_STATUS, Node, order_status, status_of
 from hub.orders import Orders, lat_lng
 from hub.tenants import Tenants
 from hub.ws import InboxEndpoint, StreamEndpoint
@@ -109,6 +109,9 @@ class StaticPages:
         await self.files(scope, receive, send)
 
 
+STATUS_OPCODES = tuple(ORDER_STATUS)  # the opcodes that tell an order's status
+
+
 def int_param(request: Request, name: str, default: int, *, maximum: int | None = None) -> int:
     raw = request.query_params.get(name)
     if raw is None:
@@ -154,11 +157,13 @@ def create_app(settings: Settings, *, static_dir: Path | None = STATIC_DIR) -> S
             if stored is None:
                 raise Unavailable("the archived stream cannot be read right now")
             events = [e for e in stored if e.seq > since][:limit]
-            head = stored
+            status = order_status(stored)
         else:
             events = await node.store.read_stream(stream_id, since, limit)
-            head = events if since == 0 else await node.store.read_stream(stream_id, 0, 64)
-        status = order_status(head)
+            if since == 0 and len(events) < limit:  # the whole stream
+                status = order_status(events)
+            else:  # a page of it: ask the store which steps the stream has reached
+                status = status_of(await node.store.stream_opcodes(stream_id, STATUS_OPCODES))
         payload = (
             f'{{"streamId":{json.dumps(stream_id)},'
             f'"status":{json.dumps("archived" if info.archived else "active")},'

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Protocol
 
 from hub.archive import Archive
@@ -25,13 +25,14 @@ from hub.events import Event, NewEvent, Opcode
 from hub.metrics import Metrics
 from hub.store import AppendResult, Store, StreamInfo, open_store
 
-__all__ = ["ORDER_STATUS", "Node", "Watched", "order_status"]
+__all__ = ["ORDER_STATUS", "Node", "Watched", "order_status", "status_of"]
 
 
 class Watched(Protocol):
     """A socket the node's sweeper checks for stalls."""
 
     def check_stall(self, now: float) -> None: ...
+
 
 # The order status an opcode moves a stream to (CONTRACT §4), in step order.
 ORDER_STATUS: dict[int, str] = {
@@ -49,11 +50,16 @@ _RANK = {s: i for i, s in enumerate(dict.fromkeys(ORDER_STATUS.values()))}
 
 def order_status(events: Sequence[Event]) -> str | None:
     """The furthest order step the events reach; None for a stream with no ORDER_CREATE."""
-    if not any(e.opcode == Opcode.ORDER_CREATE for e in events):
+    return status_of({e.opcode for e in events})
+
+
+def status_of(opcodes: Collection[int]) -> str | None:
+    """The furthest order step a stream holding ``opcodes`` has reached (None: not an order)."""
+    if Opcode.ORDER_CREATE not in opcodes:
         return None
     best = "placed"
-    for e in events:
-        status = ORDER_STATUS.get(e.opcode)
+    for opcode in opcodes:
+        status = ORDER_STATUS.get(opcode)
         if status is not None and _RANK[status] > _RANK[best]:
             best = status
     return best

@@ -83,6 +83,12 @@ SELECT_STREAM_ROW = "SELECT lastSeq, archived FROM streams WHERE streamId = ?"
 SELECT_MEMBERS = "SELECT tenant, fromPos FROM members WHERE streamId = ?"
 
 
+def select_opcodes(among: Sequence[int]) -> str:
+    """Which of the opcodes ``among`` a stream holds (by ``events_by_opcode``)."""
+    marks = ",".join("?" * len(among))
+    return f"SELECT DISTINCT opcode FROM events WHERE streamId = ? AND opcode IN ({marks})"
+
+
 def find_streams_sql(
     having: int | None, lacking: int | None, member: str | None, limit: int
 ) -> tuple[str, list[Any]]:
@@ -231,6 +237,9 @@ class Store(Protocol):
 
     async def stream_info(self, stream_id: str) -> StreamInfo | None:
         """The stream's last ``seq`` and members; None if it never existed."""
+
+    async def stream_opcodes(self, stream_id: str, among: Sequence[int]) -> set[int]:
+        """Which of the opcodes ``among`` the stream's stored events have."""
 
     async def delete_stream(self, stream_id: str) -> int:
         """Delete a stream's events (after archiving); its ``seq`` counter stays."""

@@ -49,6 +49,7 @@ from hub.store import (
     find_streams_sql,
     members_named,
     row_to_event,
+    select_opcodes,
 )
 
 __all__ = ["FileStore", "connect", "path_from_url"]
@@ -489,6 +490,13 @@ class FileStore:
             finally:
                 conn.execute("COMMIT")
             return StreamInfo(stream_id, int(row[0]), bool(row[1]), members)
+
+        return await self._read(run)
+
+    async def stream_opcodes(self, stream_id: str, among: Sequence[int]) -> set[int]:
+        def run(conn: sqlite3.Connection) -> set[int]:
+            rows = conn.execute(select_opcodes(among), (stream_id, *among))
+            return {int(r[0]) for r in rows}
 
         return await self._read(run)
 

@@ -77,6 +77,7 @@ from hub.store import (
     find_streams_sql,
     members_named,
     row_to_event,
+    select_opcodes,
 )
 
 __all__ = ["BUSY_RETRY_S", "REMOTE_SCHEMES", "REQUEST_TIMEOUT_S", "RemoteStore"]
@@ -377,6 +378,11 @@ class RemoteStore:
             return None
         row = row_rs.rows[0]
         return StreamInfo(stream_id, int(row[0]), bool(row[1]), _members(members_rs))
+
+    async def stream_opcodes(self, stream_id: str, among: Sequence[int]) -> set[int]:
+        self._check_open()
+        rs = await self._execute(select_opcodes(among), [stream_id, *among])
+        return {int(r[0]) for r in rs.rows}
 
     async def find_streams(
         self,

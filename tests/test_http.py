@@ -439,6 +439,25 @@ def test_members_read_the_whole_stream(c: httpx.Client, role: str) -> None:
     assert body["events"] == read_back(c, sid)
 
 
+def test_order_status_is_the_streams_whatever_page_is_read(c: httpx.Client) -> None:
+    """orderStatus is how far the order got, not how far the page read reaches: with a
+    limit, with since, and past the stream's first 64 events."""
+    sid = open_order(c, driver=DRIVER)  # seq 1-2: placed, assigned
+    r = post(c, sid, {"events": [{"opcode": 402} for _ in range(70)]}, PLATFORM)  # seq 3-72
+    assert r.status_code == 201, r.text
+    assert post(c, sid, {"opcode": 503}, PLATFORM).status_code == 201  # seq 73: delivered
+    customer = auth(CUSTOMER, "customer")
+    for query, seqs in [("", list(range(1, 74))), ("?limit=1", [1]), ("?since=72", [73]),
+                        ("?since=1&limit=1", [2]), ("?since=73", [])]:  # fmt: skip
+        body = c.get(f"/api/streams/{sid}{query}", headers=customer).json()
+        assert [e["seq"] for e in body["events"]] == seqs, query
+        assert body["orderStatus"] == "delivered", query
+    other = new_sid()  # not an order: no status on any page
+    assert post(c, other, {"events": [{"opcode": 203}, {"opcode": 203}]}, PLATFORM).is_success
+    for query in ("", "?limit=1", "?since=1"):
+        assert c.get(f"/api/streams/{other}{query}", headers=PLATFORM).json()["orderStatus"] is None
+
+
 # -- §3 events: happy paths -----------------------------------------------------------------
 
 

@@ -376,6 +376,18 @@ async def test_find_streams(store: Store) -> None:
     assert await store.find_streams(limit=1) == ["ord-a"]
 
 
+async def test_stream_opcodes(store: Store) -> None:
+    """stream_opcodes names which of the asked opcodes a stream holds, and no others."""
+    await store.append("ord-a", [order_create("a1"), task_assign("a2", "d1")], first=True)
+    await store.append("ord-a", [ev(f"a{i}", Opcode.ACCOUNT_PAYOUT) for i in range(3, 9)])
+    await store.append("ord-b", [order_create("b1")], first=True)
+    among = (Opcode.ORDER_CREATE, Opcode.TASK_ASSIGN, Opcode.ORDER_DELIVER)
+    assert await store.stream_opcodes("ord-a", among) == {Opcode.ORDER_CREATE, Opcode.TASK_ASSIGN}
+    assert await store.stream_opcodes("ord-b", among) == {Opcode.ORDER_CREATE}
+    assert await store.stream_opcodes("ord-a", (Opcode.ACCOUNT_PAYOUT,)) == {Opcode.ACCOUNT_PAYOUT}
+    assert await store.stream_opcodes("nowhere", among) == set()
+
+
 # -- the remote store alone ------------------------------------------------------------
 
 transports = pytest.mark.parametrize("transport", ["ws", "http"])
