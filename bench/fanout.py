@@ -369,6 +369,10 @@ def report(r: dict[str, Any]) -> bool:
     ok = bool(v["ok"]) and r["appendErrors"] == 0 and r["allDelivered"]
     fallbacks = r["hubMetrics"].get("hub_ws_slow_consumer_fallbacks_total", float("nan"))
     print(f"scenario {name}: {'ok' if ok else 'FAILED'}")
+    if r["appendErrors"]:
+        print(f"  {r['appendErrors']} appends failed, e.g. {r.get('appendErrorSamples')}")
+    if r.get("staleRetries"):
+        print(f"  {r['staleRetries']} requests sent again (their idle keep-alive socket was closing)")
     if name == "A":
         print(
             f"  1 stream, {r['subscribers']} subscribers, {r['events']} events "

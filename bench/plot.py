@@ -264,7 +264,7 @@ def markdown(paths: list[str]) -> None:
 
     def check(r: dict) -> str:
         v = r["verify"]
-        bits = []
+        bits = [f"{r['appendErrors']:,} appends failed"] if r.get("appendErrors") else []
         if v["lost"] and r.get("endedBy") == "deadline":
             bits.append(
                 f"not finished in the time bound ({v['deliveredPct']:.0f} % delivered by then)"

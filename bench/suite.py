@@ -402,7 +402,7 @@ def verdict(r: dict[str, Any]) -> str:
     if "error" in r:
         return "FAILED (" + r["error"].splitlines()[0][:60] + ")"
     v = r["verify"]
-    bits = []
+    bits = [f"{r['appendErrors']:,} appends failed"] if r.get("appendErrors") else []
     if v["lost"] and r.get("endedBy") == "deadline":
         bits.append(f"unfinished at the time bound ({v['deliveredPct']:.0f} % by then)")
     elif v["lost"]:

@@ -82,7 +82,12 @@ class Window {
   }
 }
 
-function request(method, path, token, body, port) {
+// A keep-alive socket the server closed as idle can be handed to a new request just as the
+// close arrives: that request never reached the server and is sent once more (Node's
+// documented remedy, ClientRequest.reusedSocket).
+const counters = { staleRetries: 0 };
+
+function request(method, path, token, body, port, retried = false) {
   return new Promise((resolve, reject) => {
     const data = body === undefined ? null : Buffer.from(JSON.stringify(body));
     const headers = {};
@@ -97,7 +102,12 @@ function request(method, path, token, body, port) {
       res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString() }));
       res.on('error', reject);
     });
-    req.on('error', reject);
+    req.on('error', (e) => {
+      if (!retried && req.reusedSocket && (e.code === 'ECONNRESET' || e.code === 'EPIPE')) {
+        counters.staleRetries++;
+        request(method, path, token, body, port, true).then(resolve, reject);
+      } else reject(e);
+    });
     req.setTimeout(60000, () => req.destroy(new Error('HTTP timeout')));
     req.end(data);
   });
@@ -146,6 +156,7 @@ function run(scenario) {
   scenario()
     .catch((e) => ({ error: String(e && e.stack ? e.stack : e) }))
     .then((result) => {
+      result.staleRetries = counters.staleRetries;
       process.stdout.write(JSON.stringify({ result }) + '\n');
       agent.destroy();
       setTimeout(() => process.exit(0), 200).unref();

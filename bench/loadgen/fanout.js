@@ -152,7 +152,16 @@ class Window {
 }
 
 // ---------------------------------------------------------------- HTTP
-function post(path, token, body) {
+// A keep-alive socket the server closed as idle (uvicorn: after 5 s) can be handed to a new
+// request just as the close arrives: that request never reached the server, so it is sent
+// once more (Node's documented remedy, ClientRequest.reusedSocket). Counted in the result.
+let staleRetries = 0;
+const errorSamples = []; // the first few failed appends, for the result
+function noteError(msg) {
+  if (errorSamples.length < 3) errorSamples.push(msg);
+}
+
+function post(path, token, body, retried = false) {
   return new Promise((resolve, reject) => {
     const data = Buffer.from(JSON.stringify(body));
     const req = http.request(
@@ -175,7 +184,12 @@ function post(path, token, body) {
         res.on('error', reject);
       },
     );
-    req.on('error', reject);
+    req.on('error', (e) => {
+      if (!retried && req.reusedSocket && (e.code === 'ECONNRESET' || e.code === 'EPIPE')) {
+        staleRetries++;
+        post(path, token, body, true).then(resolve, reject);
+      } else reject(e);
+    });
     req.setTimeout(30000, () => req.destroy(new Error('HTTP timeout')));
     req.end(data);
   });
@@ -409,6 +423,7 @@ async function scenarioA() {
     rtt.push(performance.now() - t);
     if (r.status !== 201) {
       bad++;
+      noteError(`append ${r.status} ${r.body.slice(0, 200)}`);
       if (bad < 3) log(`append ${r.status} ${r.body.slice(0, 200)}`);
     }
   });
@@ -429,6 +444,8 @@ async function scenarioA() {
     batch,
     inflight,
     appendErrors: bad,
+    appendErrorSamples: errorSamples,
+    staleRetries,
     appendSeconds: (tAppended - tFirst) / 1000,
     appendsPerS: events / ((tAppended - tFirst) / 1000),
     appendRtt: quantiles(rtt),
@@ -511,12 +528,14 @@ async function scenarioB() {
             if (trace) trace.push([kk, t - start, performance.now() - t]);
             if (r.status !== 201) {
               bad++;
+              noteError(`append ${r.status} ${r.body.slice(0, 200)}`);
               if (bad < 3) log(`append ${r.status} ${r.body.slice(0, 200)}`);
             }
           },
           (e) => {
             answered();
             bad++;
+            noteError(`append error ${e.code || ''} ${e.message}`);
             if (bad < 3) log(`append error ${e.message}`);
           },
         );
@@ -549,6 +568,8 @@ async function scenarioB() {
     sendLag: quantiles(lag),
     maxInFlight,
     appendErrors: bad,
+    appendErrorSamples: errorSamples,
+    staleRetries,
     appendRtt: quantiles(rtt),
     deliveriesPerS: v.received / ((tLast - start) / 1000),
     allDelivered: allIn,

@@ -127,7 +127,14 @@ class Window {
   }
 }
 
-function post(path, body) {
+// A keep-alive socket the server closed as idle can be handed to a new request just as the
+// close arrives: that request never reached the server and is sent once more (Node's
+// documented remedy, ClientRequest.reusedSocket). Counted in the result.
+let staleRetries = 0;
+const errorSamples = []; // the first few failed publishes, for the result
+const noteError = (msg) => errorSamples.length < 3 && errorSamples.push(msg);
+
+function post(path, body, retried = false) {
   return new Promise((resolve, reject) => {
     const data = Buffer.from(JSON.stringify(body));
     const req = http.request(
@@ -139,7 +146,12 @@ function post(path, body) {
         res.on('error', reject);
       },
     );
-    req.on('error', reject);
+    req.on('error', (e) => {
+      if (!retried && req.reusedSocket && (e.code === 'ECONNRESET' || e.code === 'EPIPE')) {
+        staleRetries++;
+        post(path, body, true).then(resolve, reject);
+      } else reject(e);
+    });
     req.setTimeout(60000, () => req.destroy(new Error('HTTP timeout')));
     req.end(data);
   });
@@ -354,7 +366,7 @@ async function scenarioA() {
     let r;
     try { r = await publish(ch, msgs); } catch (e) { r = { status: 0, body: String(e) }; }
     rtt.push(performance.now() - t);
-    if (r.status !== 200) { bad++; if (bad < 3) log(`publish ${r.status} ${r.body.slice(0, 200)}`); }
+    if (r.status !== 200) { bad++; noteError(`publish ${r.status} ${r.body.slice(0, 200)}`); if (bad < 3) log(`publish ${r.status} ${r.body.slice(0, 200)}`); }
   });
   const tAppended = performance.now();
   const allIn = await waitDelivered(subs, events, cfg.quietMs || 5000);
@@ -366,7 +378,7 @@ async function scenarioA() {
   const v = verify(subs, events);
   const elapsed = (tLast - tFirst) / 1000;
   return {
-    scenario: 'A', streams: 1, subscribers, events, batch, inflight, appendErrors: bad,
+    scenario: 'A', streams: 1, subscribers, events, batch, inflight, appendErrors: bad, appendErrorSamples: errorSamples, staleRetries,
     appendSeconds: (tAppended - tFirst) / 1000, appendsPerS: events / ((tAppended - tFirst) / 1000),
     appendRtt: quantiles(rtt), firstAppendToLastReceiptS: elapsed, deliveriesPerS: v.received / elapsed,
     allDelivered: allIn, latency: lat.stats(), verify: v, window: w, coldSubscribers, endedBy,
@@ -401,8 +413,8 @@ async function scenarioB() {
         inFlight++;
         maxInFlight = Math.max(maxInFlight, inFlight);
         pending.push(publish(ids[i], [{ c: ids[i], k: kk, t, note: cfg.note }]).then(
-          (r) => { inFlight--; rtt.push(performance.now() - t); if (r.status !== 200) { bad++; if (bad < 3) log(`publish ${r.status} ${r.body.slice(0, 200)}`); } },
-          (e) => { inFlight--; bad++; if (bad < 3) log(`publish error ${e.message}`); },
+          (r) => { inFlight--; rtt.push(performance.now() - t); if (r.status !== 200) { bad++; noteError(`publish ${r.status} ${r.body.slice(0, 200)}`); if (bad < 3) log(`publish ${r.status} ${r.body.slice(0, 200)}`); } },
+          (e) => { inFlight--; bad++; noteError(`publish error ${e.code || ''} ${e.message}`); if (bad < 3) log(`publish error ${e.message}`); },
         ));
         k++;
       }
@@ -420,7 +432,7 @@ async function scenarioB() {
   const v = verify(subs, perStream);
   return {
     scenario: cfg.scenario, streams, subscribers: subs.length, events: total, perStream, targetRate: rate,
-    achievedRate: k / ((tSent - start) / 1000), sendLag: quantiles(lag), maxInFlight, appendErrors: bad,
+    achievedRate: k / ((tSent - start) / 1000), sendLag: quantiles(lag), maxInFlight, appendErrors: bad, appendErrorSamples: errorSamples, staleRetries,
     appendRtt: quantiles(rtt), allDelivered: allIn, latency: lat.stats(), verify: v, window: w, coldSubscribers, endedBy,
   };
 }
