@@ -1,11 +1,12 @@
-// Shared pieces of the E and F generators (writers.js, gps.js): /proc sampling of the server
-// (and redis-server), the generator's own CPU, HTTP with a keep-alive agent, quantiles, and the
-// hub's /metrics. Config is the JSON file written by bench/ef.py (argv[2]).
+// Shared pieces of the E and F generators (writers.js, gps.js): their measured window (on
+// measure.js's /proc sampling), HTTP with a keep-alive agent, and the hub's /metrics. Config is
+// the JSON file written by bench/ef.py (argv[2]).
 'use strict';
 
 const fs = require('fs');
 const http = require('http');
 const { performance, monitorEventLoopDelay } = require('perf_hooks');
+const { procSample, cpuStat, quantiles, pool, sleep } = require('./measure');
 
 const cfg = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
 const T0 = performance.now();
@@ -16,47 +17,28 @@ const CLK_TCK = cfg.clkTck || 100;
 function log(...a) {
   process.stderr.write(`[${cfg.scenario} ${((performance.now() - T0) / 1000).toFixed(1)}s] ${a.join(' ')}\n`);
 }
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function procSample(pid) {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const cpu = (Number(f[11]) + Number(f[12])) / CLK_TCK; // utime + stime, seconds
-    const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
-    const rss = Number((/VmRSS:\s+(\d+)/.exec(status) || [0, 0])[1]) * 1024;
-    return { t: performance.now(), cpu, rss };
-  } catch (e) {
-    return null;
-  }
-}
-
-function machineTaskJiffies() {
-  const v = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
-  return v[0] + v[1] + v[2]; // user + nice + system, all cores
-}
 
 class Window {
   // CPU of the server, redis-server (auxPids) and this process between start() and stop().
   start() {
-    this.srv0 = procSample(cfg.serverPid);
-    this.aux0 = (cfg.auxPids || []).map(procSample);
-    this.task0 = machineTaskJiffies();
+    this.srv0 = procSample(cfg.serverPid, CLK_TCK);
+    this.aux0 = (cfg.auxPids || []).map((p) => procSample(p, CLK_TCK));
+    this.task0 = cpuStat().cpu.task;
     this.self0 = process.cpuUsage();
     this.t0 = performance.now();
     this.rssPeak = this.srv0 ? this.srv0.rss : 0;
     this.eld = monitorEventLoopDelay({ resolution: 2 });
     this.eld.enable();
     this.timer = setInterval(() => {
-      const s = procSample(cfg.serverPid);
+      const s = procSample(cfg.serverPid, CLK_TCK);
       if (s) this.rssPeak = Math.max(this.rssPeak, s.rss);
     }, 250);
   }
   stop() {
     clearInterval(this.timer);
     this.eld.disable();
-    const srv1 = procSample(cfg.serverPid);
-    const aux1 = (cfg.auxPids || []).map(procSample);
+    const srv1 = procSample(cfg.serverPid, CLK_TCK);
+    const aux1 = (cfg.auxPids || []).map((p) => procSample(p, CLK_TCK));
     const wall = (performance.now() - this.t0) / 1000;
     const self = process.cpuUsage(this.self0);
     const selfCpu = (self.user + self.system) / 1e6;
@@ -65,7 +47,7 @@ class Window {
     aux1.forEach((a, i) => {
       if (a && this.aux0[i]) auxCpu += a.cpu - this.aux0[i].cpu;
     });
-    const machineS = (machineTaskJiffies() - this.task0) / CLK_TCK;
+    const machineS = (cpuStat().cpu.task - this.task0) / CLK_TCK;
     return {
       wallS: wall,
       serverCpuPct: (100 * srvCpu) / wall,
@@ -111,21 +93,6 @@ function request(method, path, token, body, port, retried = false) {
     req.setTimeout(60000, () => req.destroy(new Error('HTTP timeout')));
     req.end(data);
   });
-}
-
-async function pool(n, concurrency, fn) {
-  let next = 0;
-  const workers = [];
-  for (let w = 0; w < Math.min(n, concurrency); w++) {
-    workers.push((async () => { while (next < n) await fn(next++); })());
-  }
-  await Promise.all(workers);
-}
-
-function quantiles(values) {
-  const a = Float64Array.from(values).sort();
-  const q = (p) => (a.length ? a[Math.min(a.length - 1, Math.floor((p / 100) * a.length))] : NaN);
-  return { n: a.length, p50Ms: q(50), p99Ms: q(99), p999Ms: q(99.9), maxMs: a.length ? a[a.length - 1] : NaN };
 }
 
 async function hubMetrics() {

@@ -19,8 +19,9 @@
 
 const fs = require('fs');
 const http = require('http');
-const { performance, monitorEventLoopDelay } = require('perf_hooks');
+const { performance } = require('perf_hooks');
 const WebSocket = require('ws');
+const { procSample, Window, quantiles, Sink, pool, sleep } = require('./measure');
 
 const cfg = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
 const T0 = performance.now();
@@ -30,125 +31,6 @@ const PUB_PORT = cfg.pubPort || cfg.port; // HTTP appends go here (C: the other 
 
 function log(...a) {
   process.stderr.write(`[loadgen ${((performance.now() - T0) / 1000).toFixed(1)}s] ${a.join(' ')}\n`);
-}
-
-function sleep(ms) {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-// ---------------------------------------------------------------- /proc sampling of the hub
-const CLK_TCK = cfg.clkTck || 100;
-function procSample(pid) {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const cpu = (Number(f[11]) + Number(f[12])) / CLK_TCK; // utime + stime, seconds
-    const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
-    const rss = Number((/VmRSS:\s+(\d+)/.exec(status) || [0, 0])[1]) * 1024;
-    const hwm = Number((/VmHWM:\s+(\d+)/.exec(status) || [0, 0])[1]) * 1024;
-    return { t: performance.now(), cpu, rss, hwm };
-  } catch (e) {
-    return null;
-  }
-}
-
-function cpuStat() {
-  // per-core busy/steal jiffies from /proc/stat
-  const out = {};
-  try {
-    for (const line of fs.readFileSync('/proc/stat', 'utf8').split('\n')) {
-      if (!line.startsWith('cpu')) continue;
-      const f = line.trim().split(/\s+/);
-      const v = f.slice(1).map(Number);
-      // user nice system idle iowait irq softirq steal
-      out[f[0]] = {
-        busy: v[0] + v[1] + v[2] + v[5] + v[6] + v[7],
-        task: v[0] + v[1] + v[2], // user + nice + system: what processes are charged
-        irq: v[5] + v[6], // irq + softirq (loopback TCP is mostly here)
-        steal: v[7],
-        all: v.slice(0, 8).reduce((a, b) => a + b, 0),
-      };
-    }
-  } catch (e) {
-    /* not Linux */
-  }
-  return out;
-}
-
-class Window {
-  // CPU of the hub and of this process between start() and stop(), with 250 ms samples; CPU and
-  // RSS of the publishing instance (C) and CPU of redis-server, from start() to stop().
-  start() {
-    this.hub0 = procSample(cfg.hubPid);
-    this.pub0 = cfg.pubPid ? procSample(cfg.pubPid) : null;
-    this.aux0 = (cfg.auxPids || []).map(procSample);
-    this.stat0 = cpuStat();
-    this.self0 = process.cpuUsage();
-    this.t0 = performance.now();
-    this.samples = [this.hub0];
-    this.eld = monitorEventLoopDelay({ resolution: 2 });
-    this.eld.enable();
-    this.timer = setInterval(() => {
-      const s = procSample(cfg.hubPid);
-      if (s) this.samples.push(s);
-    }, 250);
-  }
-  stop() {
-    clearInterval(this.timer);
-    this.eld.disable();
-    const hub1 = procSample(cfg.hubPid);
-    const pub1 = cfg.pubPid ? procSample(cfg.pubPid) : null;
-    const aux1 = (cfg.auxPids || []).map(procSample);
-    const stat1 = cpuStat();
-    this.samples.push(hub1);
-    const wall = (performance.now() - this.t0) / 1000;
-    const self = process.cpuUsage(this.self0);
-    const selfCpu = (self.user + self.system) / 1e6;
-    // peak CPU over any ~1 s span of samples
-    let peak = 0;
-    const s = this.samples.filter(Boolean);
-    for (let i = 0, j = 0; i < s.length; i++) {
-      while (j < s.length && s[j].t - s[i].t < 1000) j++;
-      if (j < s.length) peak = Math.max(peak, (s[j].cpu - s[i].cpu) / ((s[j].t - s[i].t) / 1000));
-    }
-    const hubCpu = hub1 && this.hub0 ? hub1.cpu - this.hub0.cpu : NaN;
-    const pubCpu = pub1 && this.pub0 ? pub1.cpu - this.pub0.cpu : 0;
-    let auxCpu = 0;
-    aux1.forEach((a, i) => {
-      if (a && this.aux0[i]) auxCpu += a.cpu - this.aux0[i].cpu;
-    });
-    const pct = (k, f) => (this.stat0[k] && stat1[k] ? (100 * (stat1[k][f] - this.stat0[k][f])) / (stat1[k].all - this.stat0[k].all) : NaN);
-    const machineTaskS = this.stat0.cpu && stat1.cpu ? (stat1.cpu.task - this.stat0.cpu.task) / CLK_TCK : NaN;
-    const irqS = this.stat0.cpu && stat1.cpu ? (stat1.cpu.irq - this.stat0.cpu.irq) / CLK_TCK : NaN;
-    return {
-      wallS: wall,
-      hubCpuS: hubCpu,
-      hubCpuPct: (100 * hubCpu) / wall,
-      hubCpuPeak1sPct: 100 * peak,
-      hubRssStartMB: this.hub0 ? this.hub0.rss / 2 ** 20 : NaN,
-      hubRssEndMB: hub1 ? hub1.rss / 2 ** 20 : NaN,
-      hubRssPeakMB: Math.max(...s.map((x) => x.rss)) / 2 ** 20,
-      hubRssHwmMB: hub1 ? hub1.hwm / 2 ** 20 : NaN,
-      ...(cfg.pubPid && {
-        pubCpuPct: (100 * pubCpu) / wall,
-        pubRssStartMB: this.pub0 ? this.pub0.rss / 2 ** 20 : NaN,
-        pubRssEndMB: pub1 ? pub1.rss / 2 ** 20 : NaN,
-      }),
-      ...(cfg.auxPids && { auxCpuPct: (100 * auxCpu) / wall }), // redis-server
-      genCpuS: selfCpu,
-      genCpuPct: (100 * selfCpu) / wall,
-      core0BusyPct: pct('cpu0', 'busy'),
-      core1BusyPct: pct('cpu1', 'busy'),
-      stealPct: pct('cpu', 'steal'),
-      // CPU charged to other processes (user+system time on the machine minus the hub instances,
-      // redis-server and the generator), % of one core
-      othersCpuPct: Math.max(0, (100 * (machineTaskS - hubCpu - pubCpu - auxCpu - selfCpu)) / wall),
-      // interrupts + softirq on both cores (loopback TCP of this benchmark, mostly), % of one core
-      irqCpuPct: (100 * irqS) / wall,
-      genLoopDelayP99Ms: this.eld.percentile(99) / 1e6 - 2,
-      genLoopDelayMaxMs: this.eld.max / 1e6 - 2,
-    };
-  }
 }
 
 // ---------------------------------------------------------------- HTTP
@@ -193,19 +75,6 @@ function post(path, token, body, retried = false) {
     req.setTimeout(30000, () => req.destroy(new Error('HTTP timeout')));
     req.end(data);
   });
-}
-
-async function pool(n, concurrency, fn) {
-  let next = 0;
-  const workers = [];
-  for (let w = 0; w < Math.min(n, concurrency); w++) {
-    workers.push(
-      (async () => {
-        while (next < n) await fn(next++);
-      })(),
-    );
-  }
-  await Promise.all(workers);
 }
 
 // ---------------------------------------------------------------- subscribers
@@ -307,28 +176,6 @@ class Subscriber {
   }
 }
 
-class Sink {
-  // latencies (ms) of measured deliveries, preallocated
-  constructor(n) {
-    this.a = new Float64Array(n);
-    this.n = 0;
-  }
-  push(v) {
-    if (this.n < this.a.length) this.a[this.n++] = v;
-  }
-  stats() {
-    const a = this.a.subarray(0, this.n).sort();
-    const q = (p) => (a.length ? a[Math.min(a.length - 1, Math.floor((p / 100) * a.length))] : NaN);
-    return { n: a.length, p50Ms: q(50), p90Ms: q(90), p99Ms: q(99), p999Ms: q(99.9), maxMs: a.length ? a[a.length - 1] : NaN };
-  }
-}
-
-function quantiles(arr) {
-  const a = Float64Array.from(arr).sort();
-  const q = (p) => (a.length ? a[Math.min(a.length - 1, Math.floor((p / 100) * a.length))] : NaN);
-  return { n: a.length, p50Ms: q(50), p99Ms: q(99), maxMs: a.length ? a[a.length - 1] : NaN };
-}
-
 async function connectAll(subs) {
   const t = performance.now();
   await pool(subs.length, cfg.connectConcurrency || 50, async (i) => {
@@ -406,7 +253,7 @@ async function scenarioA() {
   await connectAll(subs);
   await sleep(500);
 
-  const win = new Window();
+  const win = new Window(cfg);
   win.start();
   const tFirst = performance.now();
   const nBatches = Math.ceil(events / batch);
@@ -489,7 +336,7 @@ async function scenarioB() {
   await connectAll(subs);
   await sleep(1000);
 
-  const win = new Window();
+  const win = new Window(cfg);
   win.start();
   const rtt = [];
   const lag = [];
@@ -587,10 +434,10 @@ async function scenarioD() {
   const subs = [];
   for (let i = 0; i < subscribers; i++) subs.push(new Subscriber(i, `bench-d-${i % channels}`, tokens[i % tokens.length], 0, new Sink(1)));
   await sleep(500);
-  const before = procSample(cfg.hubPid);
+  const before = procSample(cfg.hubPid, cfg.clkTck);
   await connectAll(subs);
   await sleep(2000);
-  const after = procSample(cfg.hubPid);
+  const after = procSample(cfg.hubPid, cfg.clkTck);
   const errors = subs.flatMap((s) => s.errors).slice(0, 5);
   for (const s of subs) s.close();
   return {

@@ -21,8 +21,9 @@
 
 const fs = require('fs');
 const http = require('http');
-const { performance, monitorEventLoopDelay } = require('perf_hooks');
+const { performance } = require('perf_hooks');
 const WebSocket = require('ws');
+const { procSample, Window, quantiles, Sink, pool, sleep } = require('./measure');
 
 const cfg = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
 const T0 = performance.now();
@@ -32,99 +33,6 @@ const PUB_PORT = cfg.pubPort || cfg.port;
 
 function log(...a) {
   process.stderr.write(`[peers ${((performance.now() - T0) / 1000).toFixed(1)}s] ${a.join(' ')}\n`);
-}
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-const CLK_TCK = cfg.clkTck || 100;
-function procSample(pid) {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const cpu = (Number(f[11]) + Number(f[12])) / CLK_TCK;
-    const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
-    const rss = Number((/VmRSS:\s+(\d+)/.exec(status) || [0, 0])[1]) * 1024;
-    return { t: performance.now(), cpu, rss };
-  } catch (e) {
-    return null;
-  }
-}
-function cpuStat() {
-  const out = {};
-  for (const line of fs.readFileSync('/proc/stat', 'utf8').split('\n')) {
-    if (!line.startsWith('cpu')) continue;
-    const f = line.trim().split(/\s+/);
-    const v = f.slice(1).map(Number);
-    out[f[0]] = { busy: v[0] + v[1] + v[2] + v[5] + v[6] + v[7], task: v[0] + v[1] + v[2], irq: v[5] + v[6], steal: v[7], all: v.slice(0, 8).reduce((a, b) => a + b, 0) };
-  }
-  return out;
-}
-class Window {
-  start() {
-    this.hub0 = procSample(cfg.hubPid);
-    this.pub0 = cfg.pubPid ? procSample(cfg.pubPid) : null;
-    this.aux0 = (cfg.auxPids || []).map(procSample);
-    this.stat0 = cpuStat();
-    this.self0 = process.cpuUsage();
-    this.t0 = performance.now();
-    this.samples = [this.hub0];
-    this.eld = monitorEventLoopDelay({ resolution: 2 });
-    this.eld.enable();
-    this.timer = setInterval(() => {
-      const s = procSample(cfg.hubPid);
-      if (s) this.samples.push(s);
-    }, 250);
-  }
-  stop() {
-    clearInterval(this.timer);
-    this.eld.disable();
-    const hub1 = procSample(cfg.hubPid);
-    const pub1 = cfg.pubPid ? procSample(cfg.pubPid) : null;
-    const aux1 = (cfg.auxPids || []).map(procSample);
-    const stat1 = cpuStat();
-    this.samples.push(hub1);
-    const wall = (performance.now() - this.t0) / 1000;
-    const self = process.cpuUsage(this.self0);
-    const selfCpu = (self.user + self.system) / 1e6;
-    let peak = 0;
-    const s = this.samples.filter(Boolean);
-    for (let i = 0, j = 0; i < s.length; i++) {
-      while (j < s.length && s[j].t - s[i].t < 1000) j++;
-      if (j < s.length) peak = Math.max(peak, (s[j].cpu - s[i].cpu) / ((s[j].t - s[i].t) / 1000));
-    }
-    const hubCpu = hub1 && this.hub0 ? hub1.cpu - this.hub0.cpu : NaN;
-    const pubCpu = pub1 && this.pub0 ? pub1.cpu - this.pub0.cpu : 0;
-    let auxCpu = 0;
-    aux1.forEach((a, i) => {
-      if (a && this.aux0[i]) auxCpu += a.cpu - this.aux0[i].cpu;
-    });
-    const pct = (k, f) => (100 * (stat1[k][f] - this.stat0[k][f])) / (stat1[k].all - this.stat0[k].all);
-    const machineTaskS = (stat1.cpu.task - this.stat0.cpu.task) / CLK_TCK;
-    const irqS = (stat1.cpu.irq - this.stat0.cpu.irq) / CLK_TCK;
-    return {
-      wallS: wall,
-      hubCpuS: hubCpu,
-      hubCpuPct: (100 * hubCpu) / wall,
-      hubCpuPeak1sPct: 100 * peak,
-      ...(cfg.auxPids && { auxCpuPct: (100 * auxCpu) / wall }), // redis-server
-      hubRssStartMB: this.hub0 ? this.hub0.rss / 2 ** 20 : NaN,
-      hubRssEndMB: hub1 ? hub1.rss / 2 ** 20 : NaN,
-      hubRssPeakMB: Math.max(...s.map((x) => x.rss)) / 2 ** 20,
-      ...(cfg.pubPid && {
-        pubCpuPct: (100 * pubCpu) / wall,
-        pubRssStartMB: this.pub0 ? this.pub0.rss / 2 ** 20 : NaN,
-        pubRssEndMB: pub1 ? pub1.rss / 2 ** 20 : NaN,
-      }),
-      genCpuS: selfCpu,
-      genCpuPct: (100 * selfCpu) / wall,
-      core0BusyPct: pct('cpu0', 'busy'),
-      core1BusyPct: pct('cpu1', 'busy'),
-      stealPct: pct('cpu', 'steal'),
-      othersCpuPct: Math.max(0, (100 * (machineTaskS - hubCpu - pubCpu - auxCpu - selfCpu)) / wall),
-      irqCpuPct: (100 * irqS) / wall,
-      genLoopDelayP99Ms: this.eld.percentile(99) / 1e6 - 2,
-      genLoopDelayMaxMs: this.eld.max / 1e6 - 2,
-    };
-  }
 }
 
 // A keep-alive socket the server closed as idle can be handed to a new request just as the
@@ -157,28 +65,6 @@ function post(path, body, retried = false) {
   });
 }
 const publish = (ch, msgs) => post(`/publish/${encodeURIComponent(ch)}`, { events: msgs });
-
-async function pool(n, concurrency, fn) {
-  let next = 0;
-  const workers = [];
-  for (let w = 0; w < Math.min(n, concurrency); w++) workers.push((async () => { while (next < n) await fn(next++); })());
-  await Promise.all(workers);
-}
-
-class Sink {
-  constructor(n) { this.a = new Float64Array(n); this.n = 0; }
-  push(v) { if (this.n < this.a.length) this.a[this.n++] = v; }
-  stats() {
-    const a = this.a.subarray(0, this.n).sort();
-    const q = (p) => (a.length ? a[Math.min(a.length - 1, Math.floor((p / 100) * a.length))] : NaN);
-    return { n: a.length, p50Ms: q(50), p90Ms: q(90), p99Ms: q(99), p999Ms: q(99.9), maxMs: a.length ? a[a.length - 1] : NaN };
-  }
-}
-function quantiles(arr) {
-  const a = Float64Array.from(arr).sort();
-  const q = (p) => (a.length ? a[Math.min(a.length - 1, Math.floor((p / 100) * a.length))] : NaN);
-  return { n: a.length, p50Ms: q(50), p99Ms: q(99), maxMs: a.length ? a[a.length - 1] : NaN };
-}
 
 const K_KEY = Buffer.from('"k":');
 const T_KEY = Buffer.from('"t":');
@@ -353,7 +239,7 @@ async function scenarioA() {
   const subs = [];
   for (let i = 0; i < subscribers; i++) subs.push(new Subscriber(ch, events, lat));
   await connectAll(subs);
-  const win = new Window();
+  const win = new Window(cfg);
   win.start();
   const tFirst = performance.now();
   const rtt = [];
@@ -394,7 +280,7 @@ async function scenarioB() {
   const subs = [];
   for (let i = 0; i < streams; i++) for (let j = 0; j < 3; j++) subs.push(new Subscriber(ids[i], perStream, lat));
   await connectAll(subs);
-  const win = new Window();
+  const win = new Window(cfg);
   win.start();
   const rtt = [];
   const lag = [];
@@ -443,10 +329,10 @@ async function scenarioD() {
   const subs = [];
   for (let i = 0; i < subscribers; i++) subs.push(new Subscriber(`bench-d-${i % channels}`, 1, new Sink(1)));
   await sleep(500);
-  const before = procSample(cfg.hubPid);
+  const before = procSample(cfg.hubPid, cfg.clkTck);
   await connectAll(subs);
   await sleep(2000);
-  const after = procSample(cfg.hubPid);
+  const after = procSample(cfg.hubPid, cfg.clkTck);
   const errors = subs.flatMap((s) => s.errors).slice(0, 5);
   for (const s of subs) s.close();
   return { scenario: 'D', subscribers, channels, rssBeforeMB: before.rss / 2 ** 20, rssAfterMB: after.rss / 2 ** 20,
