@@ -388,6 +388,50 @@ async def test_stream_opcodes(store: Store) -> None:
     assert await store.stream_opcodes("nowhere", among) == set()
 
 
+def fresh(opcode: int = Opcode.INVOICE_PAYMENT, stream: str = STREAM, **fields: Any) -> NewEvent:
+    """An event without an id: the hub draws one (``fresh_id``), as for most appends."""
+    return parse_draft({"opcode": opcode, **fields}, stream_id=stream)
+
+
+async def test_appends_committed_together_get_what_each_would_alone(store: Store) -> None:
+    """Concurrent appends of hub-drawn ids, committed in groups: the refused ones write
+    nothing, the others get gap-free seqs per stream, rising pos, members, and read back
+    exactly as answered."""
+    await store.append("arch", [ev("a1")])
+    await store.delete_stream("arch")
+    await store.append("busy", [ev("b1")])
+    order = {"customer": "c9", "restaurant": "r9", "total": 1}
+    calls = [store.append(f"s{i % 3}", [fresh(), fresh()]) for i in range(30)]
+    calls += [
+        store.append("arch", [fresh()]),
+        store.append("busy", [fresh(Opcode.ORDER_CREATE, payload=order)], first=True),
+        store.append("new", [fresh(Opcode.ORDER_CREATE, payload=order)], first=True),
+    ]
+    async with asyncio.timeout(timeout(30)):
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assign = await store.append("new", [fresh(Opcode.TASK_ASSIGN, payload={"driver": "d9"})])
+    *plain, archived, not_first, opened = results
+    assert isinstance(archived, StreamArchived)
+    assert isinstance(not_first, NotFirstEvent)
+    assert all(isinstance(r, AppendResult) for r in [*plain, opened])
+    answered = [e for r in [*plain, opened, assign] for e in r.events]  # type: ignore[union-attr]
+    for i in range(3):
+        got = [e for e in answered if e.stream_id == f"s{i}"]
+        assert sorted(e.seq for e in got) == list(range(1, 21))
+        assert [e.pos for e in sorted(got, key=lambda e: e.seq)] == sorted(e.pos for e in got)
+    for r in plain:  # each request's two events are next to each other
+        a, b = r.events  # type: ignore[union-attr]
+        assert (b.seq, b.pos) == (a.seq + 1, a.pos + 1)
+    stored = {e.id: e for e in await all_events(store)}
+    assert len(stored) == len(answered) + 1  # and b1
+    assert all(stored[e.id] == e for e in answered)
+    assert [e.id for e in await store.read_stream("busy", 0, 10)] == ["b1"]
+    assert await store.read_stream("arch", 0, 10) == []
+    assert opened.members == {"c9": opened.events[0].pos, "r9": opened.events[0].pos}  # type: ignore[union-attr]
+    assert assign.members["d9"] == assign.events[0].pos
+    assert [e.id for e in await store.read_inbox("d9", 0, 10)] == [assign.events[0].id]
+
+
 # -- the remote store alone ------------------------------------------------------------
 
 transports = pytest.mark.parametrize("transport", ["ws", "http"])
