@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -134,12 +133,8 @@ def run_hub(scenario: str, cfg: dict[str, Any], timeout_s: float, redis_url: str
             return {"error": str(exc)}
         assert hub.proc is not None
         if PROFILE is not None:  # the whole run, setup included
-            spy = subprocess.Popen(
-                [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking",
-                 "--pid", str(hub.proc.pid), "--rate", fanout.PROFILE_RATE, *fanout.PROFILE_FLAGS,
-                 "-o", str(PROFILE.with_suffix(f".{scenario}.{fanout.PROFILE_FORMAT}"))],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            path = PROFILE.with_suffix(f".{scenario}.{fanout.PROFILE_FORMAT}")
+            spy = fanout.start_profile(hub.proc.pid, path)
         cfg = dict(cfg, hub=True, port=hub.port, serverPid=hub.proc.pid,
                    auxPids=[redis_pid] if redis_pid else [])  # fmt: skip
         result = generate(scenario, cfg, hub.tmp, timeout_s)
@@ -149,13 +144,8 @@ def run_hub(scenario: str, cfg: dict[str, Any], timeout_s: float, redis_url: str
             result["serverLog"] = hub.log()
         return result
     finally:
-        if spy is not None:  # SIGINT: py-spy writes its file and exits
-            spy.send_signal(signal.SIGINT)
-            try:
-                spy.wait(60)
-            except subprocess.TimeoutExpired:
-                spy.kill()
-                spy.wait()
+        if spy is not None:
+            fanout.stop_profile(spy)
         hub.cleanup()
 
 

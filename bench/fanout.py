@@ -110,6 +110,25 @@ def ensure_loadgen() -> None:
         )
 
 
+def start_profile(pid: int, path: Path) -> subprocess.Popen[bytes]:
+    """py-spy on ``pid`` until :func:`stop_profile`, writing to ``path``."""
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking",
+         "--pid", str(pid), "--rate", PROFILE_RATE, *PROFILE_FLAGS, "-o", str(path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def stop_profile(spy: subprocess.Popen[bytes]) -> None:
+    """SIGINT: py-spy writes its file and exits (killed if it has not within 60 s)."""
+    spy.send_signal(signal.SIGINT)
+    try:
+        spy.wait(60)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait()
+
+
 class Hub:
     """``python -m hub serve`` on a fresh temp data dir (or ``data_dir``), pinned to one core."""
 
@@ -312,12 +331,7 @@ def run_scenario(
         )  # fmt: skip
         spy = None
         if profile is not None:  # py-spy on the hub for the whole run (setup included)
-            spy = subprocess.Popen(
-                [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking",
-                 "--pid", str(hub.proc.pid), "--rate", PROFILE_RATE,
-                 *PROFILE_FLAGS, "-o", str(profile.with_suffix(f".{name}.{PROFILE_FORMAT}"))],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            spy = start_profile(hub.proc.pid, profile.with_suffix(f".{name}.{PROFILE_FORMAT}"))
         try:
             out, _ = gen.communicate(timeout=timeout_s + 60)
         except subprocess.TimeoutExpired:
@@ -332,12 +346,7 @@ def run_scenario(
                 print(line, file=sys.stderr)
         result["hubMetrics"] = hub.metrics()
         if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            try:
-                spy.wait(60)
-            except subprocess.TimeoutExpired:
-                spy.kill()
-                spy.wait()
+            stop_profile(spy)
         if any(h.proc is not None and h.proc.poll() is not None for h in hubs):
             result.setdefault("error", "hub exited during the run")
         if "error" in result:

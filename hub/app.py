@@ -34,7 +34,7 @@ from hub.config import Settings
 from hub.errors import BadRequest, Forbidden, HubError, Unavailable
 from hub.events import check_stream_id
 from hub.gps import Gps
-from hub.node import ORDER_STATUS, Node, order_status, status_of
+from hub.node import STATUS_OPCODES, Node, order_status, status_of
 from hub.orders import Orders, lat_lng
 from hub.tenants import Tenants
 from hub.ws import InboxEndpoint, StreamEndpoint
@@ -107,9 +107,6 @@ class StaticPages:
         if scope["method"] not in ("GET", "HEAD"):
             raise HTTPException(404, "Not Found")
         await self.files(scope, receive, send)
-
-
-STATUS_OPCODES = tuple(ORDER_STATUS)  # the opcodes that tell an order's status
 
 
 def int_param(request: Request, name: str, default: int, *, maximum: int | None = None) -> int:

@@ -25,7 +25,7 @@ from hub.events import Event, NewEvent, Opcode
 from hub.metrics import Metrics
 from hub.store import AppendResult, Store, StreamInfo, open_store
 
-__all__ = ["ORDER_STATUS", "Node", "Watched", "order_status", "status_of"]
+__all__ = ["ORDER_STATUS", "STATUS_OPCODES", "Node", "Watched", "order_status", "status_of"]
 
 
 class Watched(Protocol):
@@ -45,6 +45,7 @@ ORDER_STATUS: dict[int, str] = {
     Opcode.ORDER_SHIP: "picked_up",
     Opcode.ORDER_DELIVER: "delivered",
 }
+STATUS_OPCODES = tuple(ORDER_STATUS)  # the opcodes that tell an order's status
 _RANK = {s: i for i, s in enumerate(dict.fromkeys(ORDER_STATUS.values()))}
 
 

@@ -7,6 +7,7 @@ const fs = require('fs');
 const http = require('http');
 const { performance, monitorEventLoopDelay } = require('perf_hooks');
 const { procSample, cpuStat, quantiles, pool, sleep } = require('./measure');
+const { request: httpRequest, counters } = require('./http');
 
 const cfg = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
 const T0 = performance.now();
@@ -64,35 +65,8 @@ class Window {
   }
 }
 
-// A keep-alive socket the server closed as idle can be handed to a new request just as the
-// close arrives: that request never reached the server and is sent once more (Node's
-// documented remedy, ClientRequest.reusedSocket).
-const counters = { staleRetries: 0 };
-
-function request(method, path, token, body, port, retried = false) {
-  return new Promise((resolve, reject) => {
-    const data = body === undefined ? null : Buffer.from(JSON.stringify(body));
-    const headers = {};
-    if (data) {
-      headers['content-type'] = 'application/json';
-      headers['content-length'] = data.length;
-    }
-    if (token) headers.authorization = `Bearer ${token}`;
-    const req = http.request({ host: cfg.host, port: port || cfg.port, method, path, agent, headers }, (res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString() }));
-      res.on('error', reject);
-    });
-    req.on('error', (e) => {
-      if (!retried && req.reusedSocket && (e.code === 'ECONNRESET' || e.code === 'EPIPE')) {
-        counters.staleRetries++;
-        request(method, path, token, body, port, true).then(resolve, reject);
-      } else reject(e);
-    });
-    req.setTimeout(60000, () => req.destroy(new Error('HTTP timeout')));
-    req.end(data);
-  });
+function request(method, path, token, body, port) {
+  return httpRequest({ agent, host: cfg.host, port: port || cfg.port }, method, path, token, body);
 }
 
 async function hubMetrics() {

@@ -22,6 +22,7 @@ const http = require('http');
 const { performance } = require('perf_hooks');
 const WebSocket = require('ws');
 const { procSample, Window, quantiles, Sink, pool, sleep } = require('./measure');
+const { request, counters } = require('./http');
 
 const cfg = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
 const T0 = performance.now();
@@ -34,47 +35,11 @@ function log(...a) {
 }
 
 // ---------------------------------------------------------------- HTTP
-// A keep-alive socket the server closed as idle (uvicorn: after 5 s) can be handed to a new
-// request just as the close arrives: that request never reached the server, so it is sent
-// once more (Node's documented remedy, ClientRequest.reusedSocket). Counted in the result.
-let staleRetries = 0;
+const appendsTo = { agent, host: cfg.host, port: PUB_PORT, timeoutMs: 30000 };
+const post = (path, token, body) => request(appendsTo, 'POST', path, token, body);
 const errorSamples = []; // the first few failed appends, for the result
 function noteError(msg) {
   if (errorSamples.length < 3) errorSamples.push(msg);
-}
-
-function post(path, token, body, retried = false) {
-  return new Promise((resolve, reject) => {
-    const data = Buffer.from(JSON.stringify(body));
-    const req = http.request(
-      {
-        host: cfg.host,
-        port: PUB_PORT,
-        method: 'POST',
-        path,
-        agent,
-        headers: {
-          'content-type': 'application/json',
-          'content-length': data.length,
-          authorization: `Bearer ${token}`,
-        },
-      },
-      (res) => {
-        const chunks = [];
-        res.on('data', (c) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString() }));
-        res.on('error', reject);
-      },
-    );
-    req.on('error', (e) => {
-      if (!retried && req.reusedSocket && (e.code === 'ECONNRESET' || e.code === 'EPIPE')) {
-        staleRetries++;
-        post(path, token, body, true).then(resolve, reject);
-      } else reject(e);
-    });
-    req.setTimeout(30000, () => req.destroy(new Error('HTTP timeout')));
-    req.end(data);
-  });
 }
 
 // ---------------------------------------------------------------- subscribers
@@ -292,7 +257,7 @@ async function scenarioA() {
     inflight,
     appendErrors: bad,
     appendErrorSamples: errorSamples,
-    staleRetries,
+    staleRetries: counters.staleRetries,
     appendSeconds: (tAppended - tFirst) / 1000,
     appendsPerS: events / ((tAppended - tFirst) / 1000),
     appendRtt: quantiles(rtt),
@@ -416,7 +381,7 @@ async function scenarioB() {
     maxInFlight,
     appendErrors: bad,
     appendErrorSamples: errorSamples,
-    staleRetries,
+    staleRetries: counters.staleRetries,
     appendRtt: quantiles(rtt),
     deliveriesPerS: v.received / ((tLast - start) / 1000),
     allDelivered: allIn,

@@ -24,6 +24,7 @@ const http = require('http');
 const { performance } = require('perf_hooks');
 const WebSocket = require('ws');
 const { procSample, Window, quantiles, Sink, pool, sleep } = require('./measure');
+const { request, counters } = require('./http');
 
 const cfg = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
 const T0 = performance.now();
@@ -35,36 +36,10 @@ function log(...a) {
   process.stderr.write(`[peers ${((performance.now() - T0) / 1000).toFixed(1)}s] ${a.join(' ')}\n`);
 }
 
-// A keep-alive socket the server closed as idle can be handed to a new request just as the
-// close arrives: that request never reached the server and is sent once more (Node's
-// documented remedy, ClientRequest.reusedSocket). Counted in the result.
-let staleRetries = 0;
+const publishTo = { agent, host: cfg.host, port: PUB_PORT };
 const errorSamples = []; // the first few failed publishes, for the result
 const noteError = (msg) => errorSamples.length < 3 && errorSamples.push(msg);
-
-function post(path, body, retried = false) {
-  return new Promise((resolve, reject) => {
-    const data = Buffer.from(JSON.stringify(body));
-    const req = http.request(
-      { host: cfg.host, port: PUB_PORT, method: 'POST', path, agent, headers: { 'content-type': 'application/json', 'content-length': data.length } },
-      (res) => {
-        const chunks = [];
-        res.on('data', (c) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString() }));
-        res.on('error', reject);
-      },
-    );
-    req.on('error', (e) => {
-      if (!retried && req.reusedSocket && (e.code === 'ECONNRESET' || e.code === 'EPIPE')) {
-        staleRetries++;
-        post(path, body, true).then(resolve, reject);
-      } else reject(e);
-    });
-    req.setTimeout(60000, () => req.destroy(new Error('HTTP timeout')));
-    req.end(data);
-  });
-}
-const publish = (ch, msgs) => post(`/publish/${encodeURIComponent(ch)}`, { events: msgs });
+const publish = (ch, msgs) => request(publishTo, 'POST', `/publish/${encodeURIComponent(ch)}`, null, { events: msgs });
 
 const K_KEY = Buffer.from('"k":');
 const T_KEY = Buffer.from('"t":');
@@ -264,7 +239,7 @@ async function scenarioA() {
   const v = verify(subs, events);
   const elapsed = (tLast - tFirst) / 1000;
   return {
-    scenario: 'A', streams: 1, subscribers, events, batch, inflight, appendErrors: bad, appendErrorSamples: errorSamples, staleRetries,
+    scenario: 'A', streams: 1, subscribers, events, batch, inflight, appendErrors: bad, appendErrorSamples: errorSamples, staleRetries: counters.staleRetries,
     appendSeconds: (tAppended - tFirst) / 1000, appendsPerS: events / ((tAppended - tFirst) / 1000),
     appendRtt: quantiles(rtt), firstAppendToLastReceiptS: elapsed, deliveriesPerS: v.received / elapsed,
     allDelivered: allIn, latency: lat.stats(), verify: v, window: w, coldSubscribers, endedBy,
@@ -318,7 +293,7 @@ async function scenarioB() {
   const v = verify(subs, perStream);
   return {
     scenario: cfg.scenario, streams, subscribers: subs.length, events: total, perStream, targetRate: rate,
-    achievedRate: k / ((tSent - start) / 1000), sendLag: quantiles(lag), maxInFlight, appendErrors: bad, appendErrorSamples: errorSamples, staleRetries,
+    achievedRate: k / ((tSent - start) / 1000), sendLag: quantiles(lag), maxInFlight, appendErrors: bad, appendErrorSamples: errorSamples, staleRetries: counters.staleRetries,
     appendRtt: quantiles(rtt), allDelivered: allIn, latency: lat.stats(), verify: v, window: w, coldSubscribers, endedBy,
   };
 }
