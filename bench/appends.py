@@ -2,12 +2,12 @@
 
 What it measures, for each writer count (default 1, 16 and 256):
 
-- **hub**: ``hub.store_file.FileStore`` on a fresh temp DB file. Each writer is an
+- **hub**: ``hub.infra.store.file.FileStore`` on a fresh temp DB file. Each writer is an
   asyncio task that appends single events to *its own stream* (``order-0000``,
   ``order-0001``, ...; ``--streams K`` makes writer ``w`` share stream ``w % K``
   instead), awaiting each ``append`` (so every event counted is committed) before
   sending the next.
-- **libsql-client**: the same events, the same schema (``hub.store.SCHEMA``), through
+- **libsql-client**: the same events, the same schema (``hub.infra.store.SCHEMA``), through
   ``libsql_client.create_client("file:...")`` on another fresh file; each writer awaits
   one ``client.execute("INSERT INTO events ...")`` per event, ``seq`` computed in the
   statement (``MAX(seq) + 1`` of the stream). That client runs sqlite3 synchronously
@@ -46,8 +46,8 @@ from pathlib import Path
 import libsql_client
 
 from hub.events import NewEvent, Opcode, parse_draft
-from hub.store import SCHEMA
-from hub.store_file import FileStore
+from hub.infra.store import SCHEMA
+from hub.infra.store.file import FileStore
 
 PAYLOAD_BYTES = 200
 TARGET_WRITERS = 256
@@ -204,7 +204,7 @@ def tally(done: Sequence[int], streams: int) -> Counter[str]:
 async def run_hub(
     events: list[list[NewEvent]], streams: int, deadline_s: float, tmp: Path
 ) -> RunResult:
-    path = tmp / "hub.db"
+    path = tmp / "hub.infra.db"
     store = FileStore(f"file:{path}")
     await store.open()
     writers = len(events)

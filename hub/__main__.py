@@ -1,6 +1,6 @@
-"""``python -m hub``: the command line of :mod:`hub.cli`."""
+"""``python -m hub``: the command line of :mod:`hub.edge.cli`."""
 
-from hub.cli import main
+from hub.edge.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,7 +1,7 @@
 """Settings: every knob of the hub, read once from the environment (CONTRACT §1).
 
 ``Settings.from_env()`` is the only place that reads ``os.environ``; the result is
-frozen and passed down to :func:`hub.app.create_app`.
+frozen and passed down to :func:`hub.edge.app.create_app`.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class Settings:
     ws_queue_frames: int = 1024
     ws_max_frame_bytes: int = 64 << 10
     ws_max_per_token: int = 256  # open sockets per tenant and role
-    # Tenant DBs kept open (LRU), within the open-file limit; None: 4096 (hub.tenants).
+    # Tenant DBs kept open (LRU), within the open-file limit; None: 4096 (hub.infra.tenants).
     tenant_max_open: int | None = None
     # Browser origins allowed to open sockets: () = the hub's own origin only; ("*",) = any.
     allowed_origins: tuple[str, ...] = ()

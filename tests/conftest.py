@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hub.auth import issue_token
+from hub.domain.auth import issue_token
 
 SECRET = "test-secret-please-ignore-0123456789abcdef"
 # One factor scales every timeout in the suite (slow CI machines set HUB_TEST_TIMEOUT_FACTOR).

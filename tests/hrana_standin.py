@@ -1,7 +1,7 @@
 """A STAND-IN for sqld / Turso: just enough of the Hrana protocol, backed by sqlite3.
 
 No sqld can be installed where these tests run, so :class:`HranaStandin` plays its
-part for libsql-client (and thus :class:`hub.store_remote.RemoteStore`). It is a test
+part for libsql-client (and thus :class:`hub.infra.store.remote.RemoteStore`). It is a test
 double, not a database server: one ``sqlite3`` connection, no replication, no JWT
 verification beyond "is it exactly this string", no TLS.
 

@@ -30,7 +30,9 @@ import obstore
 import pytest
 from obstore.store import S3Store
 
-from hub.archive import (
+from hub.errors import Unavailable
+from hub.events import Event, parse_draft
+from hub.infra.archive import (
     Archive,
     ArchiveError,
     LocalArchive,
@@ -39,8 +41,6 @@ from hub.archive import (
     encode_events,
     open_archive,
 )
-from hub.errors import Unavailable
-from hub.events import Event, parse_draft
 from tests.conftest import free_port, timeout
 
 ACCESS_KEY = "hub-test-key"

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from hub.events import NewEvent, parse_draft
-from hub.store_file import FileStore
+from hub.infra.store.file import FileStore
 from tests.conftest import HubProcess, auth, timeout
 
 PLATFORM = auth("ops", "platform")
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 APPENDER = r"""
 import asyncio, json, sys
 from hub.events import parse_draft
-from hub.store_file import FileStore
+from hub.infra.store.file import FileStore
 
 async def main(url, stream, tag, n, concurrency):
     drafts = iter(

@@ -35,7 +35,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from hub.store_file import BUSY_TIMEOUT_S
+from hub.infra.store.file import BUSY_TIMEOUT_S
 from tests.conftest import HubProcess, RedisServer, auth, timeout
 from tests.test_archive import ACCESS_KEY, AWS_VARS, BUCKET, SECRET_KEY, seaweed_server
 from tests.test_orders import (

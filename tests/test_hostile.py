@@ -53,7 +53,7 @@ from websockets.asyncio.client import connect as async_connect
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as sync_connect
 
-from hub.openapi import openapi_document
+from hub.edge.openapi import openapi_document
 from tests.conftest import SECRET, HubProcess, auth, parse_metrics, timeout, token
 
 Json = dict[str, Any]
@@ -373,9 +373,9 @@ class Fuzzer:
 
 
 def test_openapi_document_describes_every_route_of_the_hub(hub: HubProcess) -> None:
-    """/openapi.json is the document of hub.openapi and names every HTTP route of the app."""
-    from hub.app import create_app
+    """/openapi.json is the document of hub.edge.openapi and names every HTTP route of the app."""
     from hub.config import Settings
+    from hub.edge.app import create_app
 
     r = httpx.get(hub.url + "/openapi.json", timeout=timeout(10))
     assert r.status_code == 200

@@ -440,7 +440,7 @@ async def test_migrated_slot_is_followed_to_its_new_master(pair: Pair) -> None:
 
 def test_node_urls_keep_the_credentials_and_options_of_hub_redis_url() -> None:
     """A master's URL keeps HUB_REDIS_URL's credentials and options; CLUSTER SLOTS is parsed."""
-    from hub.redis_cluster import node_url, parse_slots
+    from hub.infra.broker.cluster import node_url, parse_slots
 
     url = "rediss://hub:p%40ss@seed.example:6380/3?ssl_cert_reqs=none"
     assert (

@@ -1,7 +1,7 @@
 """The streams store conformance suite: every behaviour, once, for every store.
 
-``store`` is parametrized over the embedded :class:`~hub.store_file.FileStore` (a
-SQLite file) and :class:`~hub.store_remote.RemoteStore` through the Hrana stand-in
+``store`` is parametrized over the embedded :class:`~hub.infra.store.file.FileStore` (a
+SQLite file) and :class:`~hub.infra.store.remote.RemoteStore` through the Hrana stand-in
 (:mod:`tests.hrana_standin`) over ``ws://`` and over ``http://``. A few tests at the
 end concern the remote store alone (round trips, auth token, a write lock held
 elsewhere, a server unreachable or lost).
@@ -21,9 +21,9 @@ import pytest
 
 from hub.errors import Conflict, Unavailable
 from hub.events import Event, NewEvent, Opcode, parse_draft
-from hub.store import AppendResult, NotFirstEvent, Store, StreamArchived
-from hub.store_file import FileStore
-from hub.store_remote import RemoteStore
+from hub.infra.store import AppendResult, NotFirstEvent, Store, StreamArchived
+from hub.infra.store.file import FileStore
+from hub.infra.store.remote import RemoteStore
 from tests.conftest import timeout
 from tests.hrana_standin import HranaStandin
 

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from hub.errors import HubError, Unavailable
 from hub.events import Event, NewEvent
-from hub.store import (
+from hub.infra.store.base import (
     EVENT_COLUMNS,
     SCHEMA,
     SELECT_ALL,

@@ -17,10 +17,10 @@ import json
 import logging
 import time
 
-from hub.archive import Archive
-from hub.broker import Notice
+from hub.domain.node import Node
 from hub.events import Event, Opcode
-from hub.node import Node
+from hub.infra.archive import Archive
+from hub.infra.broker import Notice
 from hub.timing import DueQueue
 
 __all__ = ["Archiver", "archived_frame"]

@@ -3,7 +3,7 @@
 Whether the sharded channels live on a cluster is asked once (``INFO cluster``); the slot
 map comes from ``CLUSTER SLOTS``, asked of any known master or of ``HUB_REDIS_URL`` itself,
 and is asked again when marked stale; each master gets one small client, made on first use
-and dropped from the map when it stops being a master. See :mod:`hub.broker_redis` for how
+and dropped from the map when it stops being a master. See :mod:`hub.infra.broker.redis` for how
 the publisher and the listener use it.
 """
 

@@ -1,7 +1,7 @@
 """The hub's HTTP API as an OpenAPI 3.0.3 document (served at ``GET /openapi.json``).
 
-:func:`openapi_document` describes every HTTP route of :mod:`hub.app`: request bodies
-with the limits that :mod:`hub.events` and :mod:`hub.orders` enforce, path and query
+:func:`openapi_document` describes every HTTP route of :mod:`hub.edge.app`: request bodies
+with the limits that :mod:`hub.events` and :mod:`hub.domain.orders` enforce, path and query
 parameters with the id patterns of CONTRACT §2, bearer-JWT security, and every status a
 route can answer. Every 4xx/5xx except ``/healthz``'s 503 carries the contract's error
 body ``{"error": {"code", "message"}}``. The WebSocket paths cannot be described in

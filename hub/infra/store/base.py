@@ -1,19 +1,5 @@
-"""The streams store: the durable, ordered event log (the seed's ``events`` table).
-
-:class:`Store` is the interface; :func:`open_store` picks the implementation from the
-``HUB_STREAMS_DB`` URL:
-
-- ``file:PATH`` — :class:`hub.store_file.FileStore`, the embedded default (one WAL
-  connection owned by a writer thread, group commit, reader threads);
-- ``libsql://``, ``wss://``, ``ws://``, ``https://``, ``http://`` —
-  :class:`hub.store_remote.RemoteStore` through libsql-client (the ``turso`` extra).
-
-Both keep the seed's columns (``id``, ``streamId``, ``opcode``, ``nodeId``,
-``pointId``, ``delta``, ``payload``, ``ts``) plus ``seq`` (per stream, 1..n, no gaps)
-and ``pos`` (global, AUTOINCREMENT so never reused after deletes), a ``streams``
-table holding each stream's last ``seq`` (kept after archiving), and ``members``:
-who may read a stream, from which event on (CONTRACT §2).
-"""
+"""What every streams store shares: the schema, the SQL, the result types and the
+:class:`Store` interface."""
 
 from __future__ import annotations
 
@@ -34,7 +20,6 @@ __all__ = [
     "StreamInfo",
     "find_streams_sql",
     "members_named",
-    "open_store",
 ]
 
 SCHEMA: tuple[str, ...] = (
@@ -258,17 +243,3 @@ class Store(Protocol):
 
     async def ping(self) -> None:
         """Raise if the database does not answer."""
-
-
-def open_store(url: str, *, auth_token: str | None = None) -> Store:
-    """Return the store for ``url`` (not yet opened)."""
-    if url.startswith("file:"):
-        from hub.store_file import FileStore
-
-        return FileStore(url)
-    scheme = url.split(":", 1)[0].lower()
-    if scheme in {"libsql", "wss", "ws", "https", "http"}:
-        from hub.store_remote import RemoteStore
-
-        return RemoteStore(url, auth_token=auth_token)
-    raise ValueError(f"unsupported streams DB URL {url!r} (file:, libsql:, ws(s):, http(s):)")

@@ -30,10 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hub.db import Database, WriteCounter, open_database
 from hub.events import check_tenant_id
+from hub.infra.db import Database, WriteCounter, open_database
+from hub.infra.store.file import path_from_url
 from hub.metrics import Metrics
-from hub.store_file import path_from_url
 
 __all__ = ["PUBLIC_SCHEMA", "TENANT_SCHEMA", "Tenants", "open_cap", "raise_fd_limit"]
 

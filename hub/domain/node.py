@@ -1,9 +1,9 @@
 """The node: one hub instance's parts wired together (store, broker, channels, metrics).
 
-The edge (:mod:`hub.app`, :mod:`hub.ws`) calls the node; the node checks access with
-:mod:`hub.auth` and commits through the :class:`~hub.store.Store`, whose commit hook
-hands every committed append, in commit order, to the :class:`~hub.broker.Broker`,
-which delivers to the local :class:`~hub.channels.Channels` of every instance.
+The edge (:mod:`hub.edge.app`, :mod:`hub.edge.ws`) calls the node; the node checks access with
+:mod:`hub.domain.auth` and commits through the :class:`~hub.infra.store.Store`, whose commit hook
+hands every committed append, in commit order, to the :class:`~hub.infra.broker.Broker`,
+which delivers to the local :class:`~hub.domain.channels.Channels` of every instance.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Protocol
 
-from hub.archive import Archive
-from hub.auth import Principal, TokenCache, authorize_append, authorize_read
-from hub.broker import Broker, MemoryBroker
-from hub.channels import Channels
 from hub.config import Settings
+from hub.domain.auth import Principal, TokenCache, authorize_append, authorize_read
+from hub.domain.channels import Channels
 from hub.errors import Forbidden, Unprocessable
 from hub.events import Event, NewEvent, Opcode
+from hub.infra.archive import Archive
+from hub.infra.broker import Broker, MemoryBroker
+from hub.infra.store import AppendResult, Store, StreamInfo, open_store
 from hub.metrics import Metrics
-from hub.store import AppendResult, Store, StreamInfo, open_store
 
 __all__ = ["ORDER_STATUS", "STATUS_OPCODES", "Node", "Watched", "order_status", "status_of"]
 
@@ -91,7 +91,7 @@ class Node:
 
     def _default_broker(self) -> Broker:
         if self.settings.redis_url:
-            from hub.broker_redis import RedisBroker
+            from hub.infra.broker.redis import RedisBroker
 
             return RedisBroker(self.settings.redis_url, sharded=self.settings.redis_sharded,
                                cluster=self.settings.redis_cluster,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hub.tenants import Tenants
+from hub.infra.tenants import Tenants
 
 __all__ = ["CUSTOMER", "DRIVER", "RESTAURANT", "load_seed"]
 

@@ -1,18 +1,5 @@
-"""Brokers: how committed events travel between hub instances.
-
-A broker carries two kinds of message on named channels: committed events
-(:class:`~hub.events.Event`) and :class:`Notice` s (ephemeral frames such as a
-driver's location, never stored). Channels are ``stream:{streamId}``,
-``inbox:{tenant}`` and ``inbox:*`` (the platform's view of every stream).
-
-- :class:`MemoryBroker` — this process only (``HUB_REDIS_URL`` unset).
-- ``RedisBroker`` (``hub.broker_redis``) — pub/sub between instances; lossy by
-  nature, so it reports reconnects through ``on_resync`` and subscribers repair
-  every gap from the durable log.
-
-The broker never decides who may see what: it delivers to the local
-:class:`~hub.channels.Channels`, which hands messages to subscribers.
-"""
+"""What every broker shares: the :class:`Broker` interface, the message types and the
+channel names."""
 
 from __future__ import annotations
 
@@ -21,13 +8,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hub.events import Event
-from hub.store import AppendResult
+from hub.infra.store.base import AppendResult
 
 __all__ = [
     "PLATFORM_INBOX",
     "Broker",
     "Deliver",
-    "MemoryBroker",
     "Message",
     "Notice",
     "inbox_channel",
@@ -109,38 +95,3 @@ class Broker(Protocol):
 
     def health(self) -> str:
         """``"ok"`` or a short description of what is failing."""
-
-
-class MemoryBroker:
-    """The in-process broker: publishing delivers at once to this process's channels."""
-
-    ordered = True
-
-    def __init__(self) -> None:
-        self._deliver: Deliver | None = None
-
-    async def start(self, deliver: Deliver, on_resync: Callable[[], None]) -> None:
-        self._deliver = deliver
-
-    async def close(self) -> None:
-        self._deliver = None
-
-    def publish(self, result: AppendResult) -> None:
-        deliver = self._deliver
-        if deliver is None:
-            return
-        for channel, event in routes(result):
-            deliver(channel, event)
-
-    def publish_notice(self, notice: Notice) -> None:
-        if self._deliver is not None:
-            self._deliver(stream_channel(notice.stream_id), notice)
-
-    async def subscribe(self, channel: str) -> None:
-        return None
-
-    async def unsubscribe(self, channel: str) -> None:
-        return None
-
-    def health(self) -> str:
-        return "ok"

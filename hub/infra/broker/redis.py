@@ -31,7 +31,7 @@ Against a real multi-shard Redis Cluster (``cluster=True``, or ``None``: asked o
 node answers MOVED for slots it does not own and CROSSSLOT for SSUBSCRIBEs that span
 slots. So in cluster mode:
 
-- the broker keeps the slot map itself (:mod:`hub.redis_cluster`: ``CLUSTER SLOTS``, asked
+- the broker keeps the slot map itself (:mod:`hub.infra.broker.cluster`: ``CLUSTER SLOTS``, asked
   of any known node) and one small client per master; it is asked again at every listener
   session and after any failed publish;
 - the publisher groups each batch by master and sends one SPUBLISH pipeline per master
@@ -71,11 +71,11 @@ from redis.crc import key_slot
 from redis.exceptions import AskError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from hub.broker import Deliver, Message, Notice, routes
 from hub.events import Event
+from hub.infra.broker.base import Deliver, Message, Notice, routes
+from hub.infra.broker.cluster import CLIENT_OPTIONS, Rerouted, Topology, by_slot
+from hub.infra.store.base import AppendResult
 from hub.metrics import Metrics
-from hub.redis_cluster import CLIENT_OPTIONS, Rerouted, Topology, by_slot
-from hub.store import AppendResult
 
 __all__ = ["RedisBroker"]
 

@@ -1,9 +1,9 @@
 """The remote streams store: the same log in a libSQL server (sqld, Turso).
 
-:class:`RemoteStore` implements :class:`hub.store.Store` through libsql-client (the
+:class:`RemoteStore` implements :class:`hub.infra.store.Store` through libsql-client (the
 ``turso`` extra) for ``HUB_STREAMS_DB`` URLs ``libsql://`` and ``wss://``/``ws://``
 (Hrana over a WebSocket) or ``https://``/``http://`` (Hrana over HTTP). Same schema
-and same semantics as :class:`hub.store_file.FileStore`; it differs in how it gets
+and same semantics as :class:`hub.infra.store.file.FileStore`; it differs in how it gets
 them, because every request costs a network round trip:
 
 - **One round trip per append** in the common case. The whole append is one
@@ -24,9 +24,9 @@ them, because every request costs a network round trip:
 - **"Not archived" and "must open the stream" are checked in the same batch**, by
   statements that break a ``NOT NULL`` constraint (rolling the batch back) exactly
   when the check fails: ``UPDATE streams SET archived = NULL WHERE streamId = ? AND
-  archived <> 0`` (:class:`~hub.store.StreamArchived`) and, with ``first=True``,
+  archived <> 0`` (:class:`~hub.infra.store.StreamArchived`) and, with ``first=True``,
   ``UPDATE streams SET lastSeq = NULL WHERE streamId = ? AND lastSeq <> n`` (the
-  stream had events before: :class:`~hub.store.NotFirstEvent`). SQLite names the
+  stream had events before: :class:`~hub.infra.store.NotFirstEvent`). SQLite names the
   column in its message, which tells the two apart. They run after the inserts, so a
   retried event is recognized as a retry first, as in the embedded store.
 - **The commit hook sees commit order.** Answers to concurrent appends may come back
@@ -60,7 +60,7 @@ import libsql_client
 
 from hub.errors import Unavailable, Unprocessable
 from hub.events import Event, NewEvent
-from hub.store import (
+from hub.infra.store.base import (
     EVENT_COLUMNS,
     SCHEMA,
     SELECT_ALL,

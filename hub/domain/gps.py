@@ -25,10 +25,10 @@ import time
 from collections import deque
 from functools import partial
 
-from hub.broker import Notice
+from hub.domain.node import Node
 from hub.events import Opcode, now_ts
-from hub.node import Node
-from hub.tenants import Tenants
+from hub.infra.broker import Notice
+from hub.infra.tenants import Tenants
 from hub.timing import DueQueue
 
 __all__ = ["Gps"]

@@ -18,7 +18,7 @@ import jwt
 
 from hub.errors import Forbidden, NotFound, Unauthorized
 from hub.events import TENANT_ID_RE, NewEvent, Opcode
-from hub.store import StreamInfo
+from hub.infra.store import StreamInfo
 
 __all__ = [
     "Principal",

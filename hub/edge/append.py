@@ -17,9 +17,9 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from hub.config import Settings
+from hub.domain.node import Node
 from hub.errors import BadRequest, HubError, PayloadTooLarge
 from hub.events import check_stream_id, parse_drafts
-from hub.node import Node
 
 __all__ = ["AppendEndpoint", "bearer_token", "read_json"]
 

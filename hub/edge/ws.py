@@ -30,13 +30,13 @@ from urllib.parse import parse_qs
 
 from starlette.types import Receive, Scope, Send
 
-from hub.append import bearer_token
-from hub.archiver import archived_frame
-from hub.auth import Principal
-from hub.broker import Message, Notice, inbox_channel, stream_channel
+from hub.domain.archiver import archived_frame
+from hub.domain.auth import Principal
+from hub.domain.node import Node
+from hub.edge.append import bearer_token
 from hub.errors import CloseCode, HubError
 from hub.events import Event, check_stream_id
-from hub.node import Node
+from hub.infra.broker import Message, Notice, inbox_channel, stream_channel
 
 __all__ = ["Feed", "InboxEndpoint", "StreamEndpoint", "origin_allowed"]
 

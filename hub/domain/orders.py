@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from hub.archiver import Archiver
-from hub.auth import Principal, Role
-from hub.db import GuardFailed
+from hub.domain.archiver import Archiver
+from hub.domain.auth import Principal, Role
+from hub.domain.gps import Gps
+from hub.domain.node import Node, order_status
 from hub.errors import Conflict, Forbidden, HubError, NotFound, Unprocessable
 from hub.events import (
     STREAM_ID_RE,
@@ -43,9 +44,8 @@ from hub.events import (
     check_tenant_id,
     now_ts,
 )
-from hub.gps import Gps
-from hub.node import Node, order_status
-from hub.tenants import Tenants
+from hub.infra.db import GuardFailed
+from hub.infra.tenants import Tenants
 from hub.timing import KeyedLocks
 
 __all__ = ["CURRENCY", "OrderState", "Orders"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hub.errors import Unavailable
-from hub.store_file import connect, path_from_url
+from hub.infra.store.file import connect, path_from_url
 
 __all__ = [
     "Database",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from hub.broker import Broker, Message
+from hub.infra.broker import Broker, Message
 from hub.timing import KeyedLocks
 
 __all__ = ["Channels", "Subscriber"]

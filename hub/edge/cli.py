@@ -16,8 +16,8 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from hub.auth import Role, issue_token
 from hub.config import Settings, SettingsError
+from hub.domain.auth import Role, issue_token
 
 __all__ = ["main"]
 
@@ -25,7 +25,7 @@ __all__ = ["main"]
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from hub.app import create_app
+    from hub.edge.app import create_app
 
     port = args.port if args.port is not None else int(os.environ.get("PORT") or 8000)
     app = create_app(Settings.from_env())
@@ -43,8 +43,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def _seed_async(settings: Settings) -> None:
-    from hub.seed import load_seed
-    from hub.tenants import Tenants
+    from hub.domain.seed import load_seed
+    from hub.infra.tenants import Tenants
 
     tenants = Tenants(settings.tenant_db, settings.public_db, auth_token=settings.db_auth_token)
     try:
@@ -92,7 +92,7 @@ def print_table(events: list[dict[str, Any]]) -> None:
 
 def play(base: str, secret: str, *, pause: float = 1.5, say: Any = print) -> list[dict[str, Any]]:
     """Drive the seed's whole order through the HTTP API; returns the final stream."""
-    from hub.seed import CUSTOMER, DRIVER, RESTAURANT
+    from hub.domain.seed import CUSTOMER, DRIVER, RESTAURANT
 
     c = _Client(base)
     tok = {r: issue_token(secret, t, r) for t, r in
@@ -152,13 +152,13 @@ def _demo(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from hub.app import create_app
+    from hub.edge.app import create_app
 
     settings = Settings.from_env()
     asyncio.run(_seed_async(settings))
     port = args.port if args.port is not None else int(os.environ.get("PORT") or 8000)
     base = f"http://{args.host}:{port}"
-    from hub.seed import CUSTOMER, DRIVER, RESTAURANT
+    from hub.domain.seed import CUSTOMER, DRIVER, RESTAURANT
 
     print("hub demo: embedded databases in", settings.data_dir.resolve())
     # --play sends the driver's GPS itself: the driver page must not simulate a ride too.

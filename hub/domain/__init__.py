@@ -1,0 +1,8 @@
+"""The domain: what the hub does, whatever carries it.
+
+Who may read and write (:mod:`hub.domain.auth`), the stream node that commits and fans out
+(:mod:`hub.domain.node`, :mod:`hub.domain.channels`), the order flow of the seed
+(:mod:`hub.domain.orders`), GPS (:mod:`hub.domain.gps`) and archiving
+(:mod:`hub.domain.archiver`). It calls :mod:`hub.infra` for storage and transport and never
+imports :mod:`hub.edge`.
+"""

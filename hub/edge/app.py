@@ -1,0 +1,233 @@
+"""The ASGI app: the parts of one hub instance, the route table, and the lifespan.
+
+``create_app(settings)`` builds the app around one :class:`~hub.domain.node.Node`;
+``hub.app:app`` builds it from the environment on first use, so importing this
+module reads nothing. Every route, HTTP and WebSocket, is in :func:`routes`; the few
+hot ones are served ahead of Starlette's router (see :class:`_Hub`), matched from the
+same table.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from hub.config import Settings
+from hub.domain.archiver import Archiver
+from hub.domain.gps import Gps
+from hub.domain.node import Node
+from hub.domain.orders import Orders
+from hub.edge.append import AppendEndpoint
+from hub.edge.http import StaticPages, error_handlers
+from hub.edge.logs import install_filters
+from hub.edge.ops import OpsHttp
+from hub.edge.orders import STEPS, OrdersHttp
+from hub.edge.streams import StreamsHttp
+from hub.edge.ws import InboxEndpoint, StreamEndpoint
+from hub.infra.archive import open_archive
+from hub.infra.tenants import Tenants
+
+__all__ = ["app", "create_app"]
+
+log = logging.getLogger("hub")
+
+STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """One hub instance's parts, built once, each given what it uses."""
+
+    node: Node
+    tenants: Tenants
+    gps: Gps
+    archiver: Archiver
+    orders: Orders
+
+    @classmethod
+    def build(cls, settings: Settings) -> Parts:
+        node = Node(settings)
+        archive = node.archive = open_archive(settings.archive_url)
+        tenants = Tenants(settings.tenant_db, settings.public_db,
+                          auth_token=settings.db_auth_token, metrics=node.metrics,
+                          max_open=settings.tenant_max_open)  # fmt: skip
+        gps = Gps(node, tenants)
+        archiver = Archiver(node, archive, delay=settings.archive_delay)
+        orders = Orders(node, tenants, archiver=archiver, gps=gps)
+        node.location_sink = gps.ping
+        return cls(node, tenants, gps, archiver, orders)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Start every part in dependency order; stop them in reverse, each awaited."""
+        node = self.node
+        await node.start()
+        try:
+            await self.gps.start()
+            try:
+                await self.orders.recover()
+            except Exception:
+                log.exception("start-up recovery failed; it runs again at the next start")
+            await self.archiver.start()
+            # What start-up allocated lives as long as the process: keep the cyclic GC
+            # from walking it again and again, and collect the young generation less
+            # eagerly (each socket holds ~140 tracked objects; with Python's default
+            # thresholds full collections of 0.3 s came every few seconds at 3,000
+            # sockets, measured in bench/fanout.py). Pauses: hub_gc_pause_seconds.
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(10_000, 10, 10)
+            node.metrics.watch_gc()
+            yield
+        finally:
+            node.metrics.unwatch_gc()
+            await self.archiver.close()
+            await self.gps.close()
+            await node.close()
+            await self.tenants.close()
+            await self.archiver.archive.close()
+
+
+def routes(parts: Parts, settings: Settings) -> list[BaseRoute]:
+    """The hub's route table: every HTTP and WebSocket path, in one list."""
+    node, tokens = parts.node, parts.node.tokens
+    streams = StreamsHttp(node, parts.archiver, tokens)
+    orders = OrdersHttp(parts.orders, parts.gps, tokens, body_limit=settings.max_body_bytes)
+    ops = OpsHttp(node)
+    return [
+        # The event log (docs/protocol.md §4-5).
+        Route("/api/streams/{stream_id}/events", AppendEndpoint(node, settings), methods=["POST"]),
+        Route("/api/streams/{stream_id}", streams.read, methods=["GET"]),
+        Route("/api/streams/{stream_id}/archive", streams.archive, methods=["POST"]),
+        WebSocketRoute("/ws/streams/{stream_id}", StreamEndpoint(node)),
+        WebSocketRoute("/ws/inbox", InboxEndpoint(node)),
+        # The order flow (the seed's Steps 1-10), menus and drivers.
+        Route("/api/orders", orders.create, methods=["POST"]),
+        *(Route(f"/api/orders/{{order_id}}/{name}", orders.step(name), methods=["POST"])
+          for name in STEPS),
+        Route("/api/orders/{order_id}", orders.details, methods=["GET"]),
+        Route("/api/restaurants/{restaurant}", orders.menu, methods=["GET"]),
+        Route("/api/motion", orders.motion, methods=["POST"]),
+        Route("/api/drivers/status", orders.driver_status, methods=["POST"]),
+        Route("/api/drivers/me", orders.driver_me, methods=["GET"]),
+        # Operations.
+        Route("/healthz", ops.healthz, methods=["GET"]),
+        Route("/metrics", ops.metrics, methods=["GET"]),
+        Route("/openapi.json", ops.openapi, methods=["GET"]),
+    ]
+
+
+# Served ahead of the router (see _Hub): appends (every write) and the WebSocket paths.
+FAST_PATHS = {
+    ("http", "/api/streams/{stream_id}/events"),
+    ("websocket", "/ws/streams/{stream_id}"),
+    ("websocket", "/ws/inbox"),
+}
+
+
+def create_app(settings: Settings, *, static_dir: Path | None = STATIC_DIR) -> Starlette:
+    """Build the hub's ASGI app around one node."""
+    install_filters()
+    parts = Parts.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with parts.running():
+            yield
+
+    table = routes(parts, settings)
+    application = _Hub(routes=table, lifespan=lifespan,
+                       exception_handlers=error_handlers(parts.node.metrics))  # fmt: skip
+    application.router.redirect_slashes = False  # a path is found as it is written, or not
+    if static_dir is not None and static_dir.is_dir():
+        application.router.default = StaticPages(static_dir)
+    application.state.node = parts.node
+    application.state.settings = settings
+    return application
+
+
+@dataclass(frozen=True, slots=True)
+class _FastRoute:
+    """A route of the table with a one-segment parameter (or none), matched by slicing."""
+
+    kind: str
+    prefix: str
+    suffix: str
+    param: str | None
+    app: ASGIApp
+
+    @classmethod
+    def of(cls, kind: str, route: Route | WebSocketRoute) -> _FastRoute:
+        path = route.path
+        if "{" not in path:
+            return cls(kind, path, "", None, route.app)
+        prefix, rest = path.split("{", 1)
+        param, suffix = rest.split("}", 1)
+        return cls(kind, prefix, suffix, param, route.app)
+
+    def match(self, scope: Scope) -> bool:
+        path: str = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        if self.param is None:
+            return path == self.prefix
+        if not (path.startswith(self.prefix) and path.endswith(self.suffix)):
+            return False
+        value = path[len(self.prefix) : len(path) - len(self.suffix)]
+        if not value or "/" in value:
+            return False
+        scope["path_params"] = {self.param: value}
+        return True
+
+
+class _Hub(Starlette):
+    """Starlette, with the hot paths served straight from ``__call__``.
+
+    Appending events (every write) and the two WebSocket paths (a socket lives for hours)
+    go around the router and the middleware stack: that is a third of an append's CPU
+    (bench scenario E) and ~2 KB of every socket's memory (scenario D). Everything else,
+    including other methods on those paths, goes through Starlette.
+    """
+
+    def __init__(self, *, routes: list[BaseRoute], **options: Any) -> None:
+        super().__init__(routes=routes, **options)
+        self._fast: dict[str, list[_FastRoute]] = {"http": [], "websocket": []}
+        for route in routes:
+            if isinstance(route, Route) and ("http", route.path) in FAST_PATHS:
+                assert route.methods == {"POST"}, "a fast HTTP route is POST only"
+                self._fast["http"].append(_FastRoute.of("http", route))
+            elif isinstance(route, WebSocketRoute) and ("websocket", route.path) in FAST_PATHS:
+                self._fast["websocket"].append(_FastRoute.of("websocket", route))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "websocket" or (kind == "http" and scope["method"] == "POST"):
+            for route in self._fast[kind]:
+                if route.match(scope):
+                    return await route.app(scope, receive, send)
+        await super().__call__(scope, receive, send)
+
+
+class _FromEnvironment:
+    """``hub.app:app``: builds the real app from the environment on its first call."""
+
+    def __init__(self) -> None:
+        self._app: Starlette | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._app is None:
+            self._app = create_app(Settings.from_env())
+        await self._app(scope, receive, send)
+
+
+app = _FromEnvironment()

@@ -1,0 +1,57 @@
+"""The streams store: the durable, ordered event log (the seed's ``events`` table).
+
+:class:`Store` is the interface; :func:`open_store` picks the implementation from the
+``HUB_STREAMS_DB`` URL:
+
+- ``file:PATH`` — :class:`hub.infra.store.file.FileStore`, the embedded default (one WAL
+  connection owned by a writer thread, group commit, reader threads);
+- ``libsql://``, ``wss://``, ``ws://``, ``https://``, ``http://`` —
+  :class:`hub.infra.store.remote.RemoteStore` through libsql-client (the ``turso`` extra).
+
+Both keep the seed's columns (``id``, ``streamId``, ``opcode``, ``nodeId``,
+``pointId``, ``delta``, ``payload``, ``ts``) plus ``seq`` (per stream, 1..n, no gaps)
+and ``pos`` (global, AUTOINCREMENT so never reused after deletes), a ``streams``
+table holding each stream's last ``seq`` (kept after archiving), and ``members``:
+who may read a stream, from which event on (CONTRACT §2).
+"""
+
+from __future__ import annotations
+
+from hub.infra.store.base import (
+    SCHEMA,
+    AppendResult,
+    CommitHook,
+    NotFirstEvent,
+    Store,
+    StreamArchived,
+    StreamInfo,
+    find_streams_sql,
+    members_named,
+)
+
+__all__ = [
+    "SCHEMA",
+    "AppendResult",
+    "CommitHook",
+    "NotFirstEvent",
+    "Store",
+    "StreamArchived",
+    "StreamInfo",
+    "find_streams_sql",
+    "members_named",
+    "open_store",
+]
+
+
+def open_store(url: str, *, auth_token: str | None = None) -> Store:
+    """Return the store for ``url`` (not yet opened)."""
+    if url.startswith("file:"):
+        from hub.infra.store.file import FileStore
+
+        return FileStore(url)
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in {"libsql", "wss", "ws", "https", "http"}:
+        from hub.infra.store.remote import RemoteStore
+
+        return RemoteStore(url, auth_token=auth_token)
+    raise ValueError(f"unsupported streams DB URL {url!r} (file:, libsql:, ws(s):, http(s):)")
