@@ -109,6 +109,12 @@ def _decode(secret: str, token: str | None) -> tuple[Principal, float | None]:
         raise Unauthorized("token expired", code="token_expired") from None
     except jwt.PyJWTError as exc:
         raise Unauthorized(f"invalid token: {exc}", code="invalid_token") from None
+    for claim in ("exp", "nbf", "iat"):
+        # PyJWT compares int(value), so "exp": "1796463842" passes its check; a cache that
+        # took such a string for "no expiry" would honour the token for ever.
+        value = claims.get(claim)
+        if claim in claims and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise Unauthorized(f"token claim {claim!r} must be a number", code="invalid_token")
     sub, role = claims.get("sub"), claims.get("role")
     if not isinstance(sub, str) or not TENANT_ID_RE.match(sub):
         raise Unauthorized("token subject is not a valid tenant id", code="invalid_token")
@@ -117,7 +123,7 @@ def _decode(secret: str, token: str | None) -> tuple[Principal, float | None]:
     except ValueError:
         raise Unauthorized(f"unknown role {role!r}", code="invalid_token") from None
     exp = claims.get("exp")
-    return who, float(exp) if isinstance(exp, int | float) else None
+    return who, None if exp is None else float(exp)
 
 
 def authorize_read(who: Principal, info: StreamInfo | None) -> None:
