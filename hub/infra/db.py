@@ -112,16 +112,30 @@ class FileDatabase:
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             conn = connect(self.path)
-            conn.execute("BEGIN IMMEDIATE")
-            for ddl in self._schema:
-                conn.execute(ddl)
-            conn.execute("COMMIT")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for ddl in self._schema:
+                    conn.execute(ddl)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.close()
+                raise
             self._conn = conn
         return self._conn
 
+    def _drop(self) -> None:
+        """Forget a connection in an unknown state (the caller holds the lock)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
     def _run(self, stmts: Sequence[Stmt], atomic: bool) -> list[Result]:
         with self._lock:
-            conn = self._connection()
+            try:
+                # Opening can fail too (a full disk, a missing directory): same answer.
+                conn = self._connection()
+            except (sqlite3.Error, OSError) as exc:
+                raise DatabaseError(f"{self.path.name}: {exc}") from None
             try:
                 if atomic:
                     conn.execute("BEGIN IMMEDIATE")
@@ -135,7 +149,10 @@ class FileDatabase:
                 return out
             except sqlite3.Error as exc:
                 if atomic and conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:  # the disk may refuse even that: start afresh
+                        self._drop()
                 name = _guard_name(str(exc), stmts)
                 if name is not None:
                     raise GuardFailed(name) from None
@@ -159,9 +176,7 @@ class FileDatabase:
     def close_sync(self) -> None:
         """Close the connection; a later statement opens it again."""
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            self._drop()
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._pool, self.close_sync)
