@@ -97,12 +97,21 @@ class Settings:
     max_batch: int = 100
     ws_stall_timeout: float = 30.0
     ws_queue_frames: int = 1024
+    # A client frame over this (UTF-8 bytes) is answered with an error frame and the
+    # socket stays open (hub.edge.ws); uvicorn's ws_max_size (1 MiB under `hub serve`)
+    # closes the socket with 1009 above that.
     ws_max_frame_bytes: int = 64 << 10
     ws_max_per_token: int = 256  # open sockets per tenant and role
     # Tenant DBs kept open (LRU), within the open-file limit; None: 4096 (hub.infra.tenants).
     tenant_max_open: int | None = None
     # Browser origins allowed to open sockets: () = the hub's own origin only; ("*",) = any.
     allowed_origins: tuple[str, ...] = ()
+    # Connections (hub.edge.server; docs/deploy.md "Slow clients and the open-file limit").
+    header_timeout: float = 10.0  # a request's line and headers must arrive within this
+    body_timeout: float = 30.0  # and its body within this of its headers
+    keep_alive_timeout: int = 5  # an idle connection between requests is closed after this
+    # Open connections, HTTP and WebSocket; None: half the open-file limit less 64.
+    max_connections: int | None = None
 
     def __post_init__(self) -> None:
         # Fill the defaults that derive from data_dir.
@@ -139,6 +148,10 @@ class Settings:
             driver_payout=_float(e, "HUB_DRIVER_PAYOUT", 12.00),
             ws_stall_timeout=_float(e, "HUB_WS_STALL_TIMEOUT", 30.0),
             tenant_max_open=_int(e, "HUB_TENANT_MAX_OPEN", None),
+            header_timeout=_float(e, "HUB_HEADER_TIMEOUT", 10.0),
+            body_timeout=_float(e, "HUB_BODY_TIMEOUT", 30.0),
+            keep_alive_timeout=_int(e, "HUB_KEEP_ALIVE_TIMEOUT", 5) or 5,
+            max_connections=_int(e, "HUB_MAX_CONNECTIONS", None, minimum=2),
             allowed_origins=tuple(
                 o.strip().rstrip("/") for o in (e.get("HUB_ALLOWED_ORIGINS") or "").split(",")
                 if o.strip()

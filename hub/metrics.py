@@ -91,6 +91,42 @@ class Metrics:
             "hub_archive_failures", "Archive attempts that failed (retried later)", registry=r
         )
 
+        # Connections (hub.edge.server): read deadlines, the cap, the open-file limit.
+        self.read_timeouts = Counter(
+            "hub_http_read_timeouts",
+            "Connections closed because a request's headers (HUB_HEADER_TIMEOUT) or body"
+            " (HUB_BODY_TIMEOUT) did not arrive in time, by phase",
+            ["phase"], registry=r,
+        )  # fmt: skip
+        for phase in ("headers", "body"):
+            self.read_timeouts.labels(phase)
+        self.connections_evicted = Counter(
+            "hub_connections_evicted",
+            "Connections waiting on their client closed to make room at HUB_MAX_CONNECTIONS",
+            registry=r,
+        )
+        self.connections_refused = Counter(
+            "hub_connections_refused",
+            "Connections closed at once (http: no room at HUB_MAX_CONNECTIONS) or WebSocket"
+            " upgrades answered 503 (websocket: their share of it is full), by kind",
+            ["kind"], registry=r,
+        )  # fmt: skip
+        for kind in ("http", "websocket"):
+            self.connections_refused.labels(kind)
+        self.connections_open = Gauge(
+            "hub_connections_open", "Client connections open, HTTP and WebSocket", registry=r
+        )
+        self.connections_max = Gauge(
+            "hub_connections_max", "Client connections allowed (HUB_MAX_CONNECTIONS)", registry=r
+        )
+        self.open_fds = Gauge(
+            "hub_open_fds", "File descriptors open in the process (counted every 1 to 10 s)",
+            registry=r,
+        )  # fmt: skip
+        self.fd_limit = Gauge(
+            "hub_fd_limit", "The process's open-file limit (soft RLIMIT_NOFILE)", registry=r
+        )
+
         self.gc_pause = Histogram(
             "hub_gc_pause_seconds", "Cyclic garbage collector pauses, by generation",
             ["generation"], registry=r,

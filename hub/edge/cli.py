@@ -26,9 +26,11 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from hub.edge.app import create_app
+    from hub.edge.server import uvicorn_options
 
     port = args.port if args.port is not None else int(os.environ.get("PORT") or 8000)
-    app = create_app(Settings.from_env())
+    settings = Settings.from_env()
+    app = create_app(settings)
     uvicorn.run(
         app,
         host=args.host,
@@ -38,6 +40,8 @@ def _serve(args: argparse.Namespace) -> int:
         ws_max_size=1 << 20,
         # Compression is per frame per subscriber: it costs more CPU than fan-out itself.
         ws_per_message_deflate=False,
+        # Read deadlines, keep-alive, the connection cap (hub.edge.server).
+        **uvicorn_options(settings, app.state.node.metrics, args.http),
     )
     return 0
 
@@ -153,6 +157,7 @@ def _demo(args: argparse.Namespace) -> int:
     import uvicorn
 
     from hub.edge.app import create_app
+    from hub.edge.server import uvicorn_options
 
     settings = Settings.from_env()
     asyncio.run(_seed_async(settings))
@@ -171,8 +176,10 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"  driver    {base}/driver.html#token={tokens['driver']}&gps={gps}")
     print(f"  all three {base}/#customer={tokens['customer']}&kitchen={tokens['kitchen']}"
           f"&driver={tokens['driver']}&gps={gps}")
-    config = uvicorn.Config(create_app(settings), host=args.host, port=port, log_level="warning",
-                            ws_per_message_deflate=False, timeout_graceful_shutdown=5)  # fmt: skip
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=args.host, port=port, log_level="warning",
+                            ws_per_message_deflate=False, timeout_graceful_shutdown=5,
+                            **uvicorn_options(settings, app.state.node.metrics))  # fmt: skip
     server = uvicorn.Server(config)
     if args.play:
         def driver() -> None:
@@ -211,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--graceful-timeout", type=float, default=10.0,
                        help="seconds open connections get to finish on shutdown")  # fmt: skip
+    serve.add_argument("--http", default="auto", choices=["auto", "httptools", "h11"],
+                       help="uvicorn's HTTP implementation (auto: httptools)")  # fmt: skip
     serve.set_defaults(run=_serve)
 
     seed = sub.add_parser("seed", help="load the seed's Step 0 data (idempotent)")
