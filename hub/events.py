@@ -1,10 +1,23 @@
-"""Events: the model, the seed's opcodes, validation of client input, and encoding.
+"""Events: the model, the seed's opcodes, the wire shape of client input, and encoding.
 
 A client sends a *draft* (``opcode`` and optional ``id``, ``nodeId``, ``pointId``,
-``delta``, ``payload``, ``ts``); :func:`parse_draft` validates it into a
-:class:`NewEvent`. The store turns a ``NewEvent`` into a committed :class:`Event`
-with its per-stream ``seq`` and global ``pos``. An ``Event`` encodes itself once
-(:attr:`Event.json`, :attr:`Event.frame`) however many subscribers it reaches.
+``delta``, ``payload``, ``ts``), alone or as ``{"events": [...]}``. Both shapes are
+declared once, as the msgspec Structs :class:`EventDraft` and :class:`EventBatch`: msgspec
+decodes a request body straight into them (:func:`parse_body`, the append hot path), the
+OpenAPI document is generated from them (:mod:`hub.edge.openapi`), and what they refuse
+is answered with the same error as always (:class:`Refusal`, declared next to the rule
+it explains). :func:`_build` adds the checks a JSON Schema cannot express (a payload's
+depth and encoded size, ``name`` matching ``opcode``, a parseable ``ts``) and makes a
+:class:`NewEvent`. The store turns a ``NewEvent`` into a committed :class:`Event` with its
+per-stream ``seq`` and global ``pos``. An ``Event`` encodes itself once (:attr:`Event.json`,
+:attr:`Event.frame`) however many subscribers it reaches.
+
+Refusals (:class:`Refusal`, :func:`refuse`, :func:`explain`) are generic: the edge's other
+request bodies (:mod:`hub.edge.wire`) use them too. msgspec decodes from the first key to
+the last and stops at the first fault; the hub has always checked fields in a fixed order
+(the order they are declared in) and answered the first fault in *that* order. So the
+fast path is msgspec alone, and only a refused body is walked again, field by field in
+declaration order, to find the fault the client is told about.
 """
 
 from __future__ import annotations
@@ -14,65 +27,79 @@ import math
 import os
 import re
 import time
+import types
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import IntEnum
+from functools import partial
 from json.encoder import encode_basestring as _quote
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from hub.errors import BadRequest, PayloadTooLarge, Unprocessable
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from hub.errors import BadRequest, HubError, PayloadTooLarge, Unprocessable
 
 __all__ = [
+    "MAX_BATCH",
+    "MAX_DEPTH",
+    "MAX_PAYLOAD_BYTES",
     "OPCODES",
+    "STREAM_ID_PATTERN",
     "STREAM_ID_RE",
+    "TENANT_ID_PATTERN",
     "TENANT_ID_RE",
     "Event",
+    "EventBatch",
+    "EventDraft",
     "NewEvent",
     "Opcode",
+    "OpcodeName",
+    "Refusal",
+    "anchored",
     "check_stream_id",
     "check_tenant_id",
+    "explain",
+    "explain_struct",
     "format_ts",
     "json_depth",
+    "literal",
+    "loads_json",
     "now_ts",
+    "parse_body",
     "parse_draft",
     "parse_drafts",
+    "refusal_of",
+    "refuse",
 ]
 
-TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
-STREAM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
-_REF_MAX = 128  # nodeId / pointId length cap
+# -- ids and limits ----------------------------------------------------------------------
+
+# Patterns as the contract writes them (and as JSON Schema, i.e. ECMA-262, reads them).
+TENANT_ID_PATTERN = "^[a-z0-9][a-z0-9-]{0,62}$"
+STREAM_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+REF_MAX = 128  # nodeId / pointId length cap
 MAX_DEPTH = 32  # nesting levels of a payload
+MAX_PAYLOAD_BYTES = 64 << 10  # a payload, compact UTF-8 JSON
+MAX_BATCH = 100  # events of one append
 
 
-def json_depth(value: object, limit: int = MAX_DEPTH) -> int:
-    """Nesting depth of a parsed JSON value, counting no further than ``limit + 1``."""
-    depth = 0
-    level: list[Any] = [value] if isinstance(value, dict | list) else []
-    while level and depth <= limit:
-        depth += 1
-        level = [c for v in level for c in (v.values() if isinstance(v, dict) else v)
-                 if isinstance(c, dict | list)]  # fmt: skip
-    return depth
+def anchored(pattern: str) -> str:
+    """``pattern`` (``^...$``) spelled so that Python reads it as ECMA-262 does.
+
+    Python's ``$`` also matches before a final newline (msgspec checks patterns with
+    :func:`re.search`); ``(?!\\n)`` rules that out and means nothing to ECMA-262, where
+    ``$`` is the end. One spelling then serves msgspec, :mod:`re` and JSON Schema.
+    """
+    assert pattern.startswith("^"), pattern
+    assert pattern.endswith("$"), pattern
+    return pattern[:-1] + "(?!\\n)$"
 
 
-class Opcode:
-    """The seed's opcodes."""
-
-    SALE_OUT = 102
-    INVOICE_PAYMENT = 203
-    TASK_CREATE = 301
-    TASK_ASSIGN = 302
-    TASK_START = 303
-    TASK_DONE = 305
-    ACCOUNT_PAYIN = 401
-    ACCOUNT_PAYOUT = 402
-    ORDER_CREATE = 501
-    ORDER_SHIP = 502
-    ORDER_DELIVER = 503
-
-
-OPCODES: dict[int, str] = {
-    value: name for name, value in vars(Opcode).items() if not name.startswith("_")
-}
+TENANT_ID_RE = re.compile(anchored(TENANT_ID_PATTERN))
+STREAM_ID_RE = re.compile(anchored(STREAM_ID_PATTERN))
 
 
 def check_tenant_id(value: object) -> str:
@@ -87,6 +114,47 @@ def check_stream_id(value: object) -> str:
     if isinstance(value, str) and STREAM_ID_RE.match(value):
         return value
     raise BadRequest("invalid stream id", code="invalid_stream_id")
+
+
+def json_depth(value: object, limit: int = MAX_DEPTH) -> int:
+    """Nesting depth of a parsed JSON value, counting no further than ``limit + 1``."""
+    depth = 0
+    level: list[Any] = [value] if isinstance(value, dict | list) else []
+    while level and depth <= limit:
+        depth += 1
+        level = [c for v in level for c in (v.values() if isinstance(v, dict) else v)
+                 if isinstance(c, dict | list)]  # fmt: skip
+    return depth
+
+
+# -- opcodes -----------------------------------------------------------------------------
+
+
+class Opcode(IntEnum):
+    """The seed's opcodes (CONTRACT §3)."""
+
+    SALE_OUT = 102
+    INVOICE_PAYMENT = 203
+    TASK_CREATE = 301
+    TASK_ASSIGN = 302
+    TASK_START = 303
+    TASK_DONE = 305
+    ACCOUNT_PAYIN = 401
+    ACCOUNT_PAYOUT = 402
+    ORDER_CREATE = 501
+    ORDER_SHIP = 502
+    ORDER_DELIVER = 503
+
+
+OPCODES: dict[int, str] = {op.value: op.name for op in Opcode}
+
+if TYPE_CHECKING:
+    OpcodeName = str
+else:
+    OpcodeName = Literal[tuple(OPCODES.values())]  # an opcode's name, e.g. "ORDER_CREATE"
+
+
+# -- time --------------------------------------------------------------------------------
 
 
 def format_ts(dt: datetime) -> str:
@@ -111,41 +179,347 @@ def now_ts() -> str:
     return f"{_second[1]}.{int((t - sec) * 1000):03d}Z"
 
 
-def _parse_ts(value: object) -> str:
-    if not isinstance(value, str) or len(value) > 64:
-        raise Unprocessable("ts must be an ISO 8601 string")
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        raise Unprocessable("ts must be an ISO 8601 string") from None
-    if dt.tzinfo is None:
-        raise Unprocessable("ts must carry a timezone (e.g. a trailing Z)")
-    try:
-        return format_ts(dt)
-    except (OverflowError, ValueError):
-        raise Unprocessable("ts is out of range") from None
-
-
-def _ref(draft: dict[str, Any], key: str) -> str | None:
-    value = draft.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or len(value) > _REF_MAX or not _utf8(value):
-        raise Unprocessable(f"{key} must be a string of 1..{_REF_MAX} characters or null")
-    return value
-
-
-def _utf8(value: str) -> bool:
-    try:
-        value.encode()
-    except UnicodeEncodeError:  # a lone surrogate
-        return False
-    return True
+# -- refusals: the error a client gets for what a wire rule refuses ----------------------
 
 
 @dataclass(frozen=True, slots=True)
-class NewEvent:
-    """A validated event not yet committed. ``payload`` is its JSON encoding."""
+class Refusal:
+    """The error for input that breaks a rule: its class, code and message.
+
+    ``message`` is a :meth:`str.format` template. It may name ``{name}`` (the field),
+    ``{value!r}`` (what was sent), ``{body[key]}`` (another field of the same object),
+    ``{names}`` (unknown fields) and the rule's own limits (``{min_length}``,
+    ``{max_length}``, ``{ge}``, ``{le}``, ``{pattern}``).
+    """
+
+    message: str
+    error: type[HubError] = Unprocessable
+    code: str | None = None
+
+    def __call__(self, **context: Any) -> HubError:
+        return self.error(self.message.format(**context), code=self.code)
+
+
+Refusals = Mapping[str, Refusal]  # by case: "*", "missing", "type", "min_length", ...
+
+
+def refuse(message: str, error: type[HubError] = Unprocessable, code: str | None = None,
+           **cases: Refusal | str) -> dict[str, Any]:  # fmt: skip
+    """``Meta(extra=refuse(...))``: how a field is refused (a Struct's own refusals are its
+    ``refusals: ClassVar = refuse(...)``).
+
+    ``message`` is the refusal for any fault; ``cases`` override it for one kind of fault:
+    ``missing`` (absent, or null where null is not allowed), ``type`` (the wrong JSON
+    type), a broken limit (``min_length``, ``max_length``, ``ge``, ``le``, ``pattern``),
+    and for Structs ``unknown`` (fields it does not have) and ``tag`` (an unknown tag).
+    A case given as a string keeps ``error`` and ``code``. A list whose items must differ
+    in one field names it in ``Meta(extra={**refuse(..., unique=...), "unique": "key"})``.
+    """
+    table = {"*": Refusal(message, error, code)}
+    for case, given in cases.items():
+        table[case] = Refusal(given, error, code) if isinstance(given, str) else given
+    return {"refuse": table}
+
+
+def literal(text: str) -> str:
+    """``text`` as a :class:`Refusal` template that says it verbatim (braces escaped)."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _pick(table: Refusals, *cases: str) -> Refusal:
+    for case in cases:
+        if case in table:
+            return table[case]
+    return table.get("*") or Refusal("invalid value for {name}")
+
+
+def _split(tp: Any) -> tuple[Any, list[Meta]]:
+    """The type under ``Annotated`` and its ``Meta``s."""
+    if typing.get_origin(tp) is Annotated:
+        base, *extra = typing.get_args(tp)
+        return base, [m for m in extra if isinstance(m, Meta)]
+    return tp, []
+
+
+def _options(tp: Any) -> tuple[Any, ...]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return typing.get_args(tp)
+    return (tp,)
+
+
+def _table(metas: list[Meta], inherited: Refusals | None = None) -> dict[str, Refusal]:
+    table: dict[str, Refusal] = dict(inherited or {})
+    for meta in metas:
+        table.update((meta.extra or {}).get("refuse", {}))
+    return table
+
+
+_LIMITS = ("min_length", "max_length", "ge", "le", "gt", "lt", "pattern")
+
+
+def _limits(metas: list[Meta]) -> dict[str, Any]:
+    return {key: getattr(m, key) for m in metas for key in _LIMITS
+            if getattr(m, key) is not None}  # fmt: skip
+
+
+def _is_struct(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, Struct)
+
+
+def _kind_matches(value: object, base: Any) -> bool:
+    """Whether ``value`` has the JSON type ``base`` asks for (limits aside)."""
+    if isinstance(value, bool):
+        return base is bool
+    if base is str:
+        return isinstance(value, str)
+    if isinstance(base, type) and issubclass(base, int):  # int, IntEnum
+        return isinstance(value, int)
+    if base is float:  # NaN and Infinity are not JSON numbers (nor is 1e400)
+        return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+    if base is dict or typing.get_origin(base) is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _broken_limit(value: object, limits: Mapping[str, Any]) -> str | None:
+    """Which length or range limit a value of the right type breaks, if one."""
+    if isinstance(value, str | list):
+        if len(value) < limits.get("min_length", 0):
+            return "min_length"
+        if len(value) > limits.get("max_length", len(value)):
+            return "max_length"
+    elif isinstance(value, int | float):
+        low, high = limits.get("ge", limits.get("gt")), limits.get("le", limits.get("lt"))
+        if low is not None and value < low:
+            return "ge"
+        if high is not None and value > high:
+            return "le"
+    return None
+
+
+def _field_type(cls: type[Struct], field_name: str) -> Any:
+    for info in msgspec.structs.fields(cls):
+        if info.encode_name == field_name:
+            return info.type
+    raise KeyError(field_name)
+
+
+def _field_table(tp: Any) -> tuple[dict[str, Refusal], dict[str, Any]]:
+    """A field's refusals and limits, wherever they sit (``Annotated[T | None, ...]`` or
+    ``Annotated[T, ...] | None``)."""
+    base, metas = _split(tp)
+    for option in _options(base):
+        metas = metas + _split(option)[1]
+    return _table(metas), _limits(metas)
+
+
+def refusal_of(cls: type[Struct], field_name: str,
+               case: str = "*") -> Callable[..., HubError]:  # fmt: skip
+    """The refusal a Struct declares for one of its fields (by JSON name), its ``{name}``
+    and limits filled in: for the checks msgspec cannot make, with the same words."""
+    table, limits = _field_table(_field_type(cls, field_name))
+    return partial(_pick(table, case), name=field_name, **limits)
+
+
+_MISSING: Any = object()
+
+
+def explain(value: object, tp: Any, *, items: bool = True) -> HubError | None:
+    """The refusal of ``value`` as a ``tp``, or None when it breaks no declared rule.
+
+    Fields are checked in the order they are declared, a list before its items (the
+    items not at all with ``items=False``), so the answer is the first fault in that order.
+    """
+    return _explain(value, tp, "body", {}, {}, items)
+
+
+def explain_struct(value: object, cls: type[Struct], *,
+                   items: bool = True) -> tuple[str | None, HubError] | None:  # fmt: skip
+    """Like :func:`explain` for a Struct, naming the field that failed (None: the object
+    itself, which is not an object or has unknown fields)."""
+    return _explain_struct(value, cls, "body", {}, items)
+
+
+def _explain(value: object, tp: Any, name: str, body: Any, inherited: Refusals,
+             items: bool) -> HubError | None:  # fmt: skip
+    base, metas = _split(tp)
+    table = _table(metas, inherited)
+    context = {"name": name, "value": value, "body": body, **_limits(metas)}
+    options = _options(base)
+    if len(options) > 1:
+        if value is None and type(None) in options:
+            return None
+        real = [o for o in options if o is not type(None) and o is not UnsetType]
+        if len(real) == 1:
+            return _explain(value, real[0], name, body, table, items)
+        structs = [o for o in real if _is_struct(o)]
+        if len(structs) != len(real) or not isinstance(value, dict):
+            return _pick(table, "type")(**context)
+        for option in structs:  # a tagged union
+            config = option.__struct_config__
+            if config.tag_field is not None and value.get(config.tag_field) == config.tag:
+                return _explain(value, option, name, body, table, items)
+        return _pick(table, "tag")(**context)
+    if _is_struct(base):
+        found = _explain_struct(value, base, name, table, items)
+        return None if found is None else found[1]
+    if typing.get_origin(base) is list:
+        if not isinstance(value, list):
+            return _pick(table, *(("missing", "type") if value is None else ("type",)))(**context)
+        broken = _broken_limit(value, context)
+        if broken is not None:
+            return _pick(table, broken)(**context)
+        if items:
+            (item_type,) = typing.get_args(base)
+            unique = next((x["unique"] for m in metas if "unique" in (x := m.extra or {})), None)
+            seen: set[Any] = set()
+            for item in value:
+                refused = _explain(item, item_type, name, body, {}, items)
+                if refused is not None:
+                    return refused
+                if unique is not None:
+                    key = item.get(unique)
+                    if key in seen:
+                        return _pick(table, "unique")(**{**context, "value": key})
+                    seen.add(key)
+        return None
+    try:
+        msgspec.convert(value, tp)
+    except (msgspec.ValidationError, OverflowError):
+        pass
+    else:
+        if not isinstance(value, float) or math.isfinite(value):
+            return None
+    if value is None:
+        return _pick(table, "missing", "type")(**context)
+    if not _kind_matches(value, base):
+        return _pick(table, "type")(**context)
+    return _pick(table, _broken_limit(value, context) or "pattern")(**context)
+
+
+def _explain_struct(value: object, cls: type[Struct], name: str, inherited: Refusals,
+                    items: bool) -> tuple[str | None, HubError] | None:  # fmt: skip
+    own: dict[str, Refusal] = {**getattr(cls, "refusals", {}).get("refuse", {}), **inherited}
+    if not isinstance(value, dict):
+        return None, _pick(own, "type")(name=name, value=value, body=value)
+    config = cls.__struct_config__
+    fields = msgspec.structs.fields(cls)
+    if config.forbid_unknown_fields:
+        known = {f.encode_name for f in fields} | {config.tag_field}
+        unknown = sorted(str(k) for k in value if k not in known)
+        if unknown:
+            return None, _pick(own, "unknown")(name=name, value=value, body=value,
+                                               names=", ".join(unknown))  # fmt: skip
+    for info in fields:
+        raw = value.get(info.encode_name, _MISSING)
+        if raw is _MISSING:
+            if info.required:
+                table, limits = _field_table(info.type)
+                return info.encode_name, _pick(table, "missing")(
+                    name=info.encode_name, value=None, body=value, **limits
+                )
+            continue
+        refused = _explain(raw, info.type, info.encode_name, value, {}, items)
+        if refused is not None:
+            return info.encode_name, refused
+    return None
+
+
+def loads_json(body: bytes | bytearray) -> Any:
+    """A request body as Python's :mod:`json` reads it (400 ``invalid_json`` otherwise)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadRequest("request body is not valid JSON", code="invalid_json") from None
+
+
+# -- the wire shape of an append ---------------------------------------------------------
+
+# Each field's rule and the words of its refusal, in one place.
+_OPCODE = Meta(extra=refuse("unknown opcode {value!r}", code="unknown_opcode"))
+_NAME = Meta(
+    description="Must be the opcode's name when given.",
+    extra=refuse("name {value!r} does not match opcode {body[opcode]}"),
+)
+_STREAM_ID = Meta(
+    description="Must equal the URL's when given.",
+    extra=refuse("streamId in the body differs from the URL"),
+)
+_ID = Meta(
+    pattern=anchored(STREAM_ID_PATTERN),
+    description="Drawn by the hub when absent; a retry with the same id and content returns"
+    " the stored event.",
+    extra=refuse("id must match " + literal(STREAM_ID_PATTERN)),
+)
+_DELTA = Meta(
+    description="A finite number (0 when absent).",
+    extra=refuse("delta must be a finite number"),
+)
+_PAYLOAD = Meta(
+    description=f"At most {MAX_PAYLOAD_BYTES} bytes encoded (413 too_large over it) and"
+    f" {MAX_DEPTH} levels deep (422 too_deep over it); {{}} when absent.",
+    extra=refuse("payload must be a JSON object"),
+)
+_TS = Meta(
+    max_length=64,
+    description="ISO 8601 with a timezone; now when absent.",
+    extra=refuse("ts must be an ISO 8601 string"),
+)
+_REF = Meta(
+    min_length=1,
+    max_length=REF_MAX,
+    extra=refuse("{name} must be a string of {min_length}..{max_length} characters or null"),
+)
+_EVENTS = Meta(
+    min_length=1,
+    max_length=MAX_BATCH,
+    description=f"1..{MAX_BATCH} events (422 empty_batch when empty, 413 batch_too_large over"
+    f" {MAX_BATCH}).",
+    extra=refuse(
+        "events must be a list",
+        min_length=Refusal("empty batch", code="empty_batch"),
+        max_length=Refusal("at most {max_length} events per batch", PayloadTooLarge,
+                           "batch_too_large"),
+    ),
+)  # fmt: skip
+
+
+class EventDraft(Struct, forbid_unknown_fields=True, rename="camel"):
+    """One event as a client sends it (CONTRACT §4). Fields are checked in this order."""
+
+    refusals: ClassVar[dict[str, Any]] = refuse(
+        "an event must be a JSON object", unknown="unknown field(s): {names}"
+    )
+
+    opcode: Annotated[Opcode, _OPCODE]
+    name: Annotated[OpcodeName, _NAME] | UnsetType = UNSET
+    stream_id: Annotated[str, _STREAM_ID] | UnsetType = UNSET
+    id: Annotated[str, _ID] | None = None
+    delta: Annotated[float, _DELTA] | None = None
+    payload: Annotated[dict[str, Any], _PAYLOAD] | None = None
+    ts: Annotated[str, _TS] | None = None
+    node_id: Annotated[str, _REF] | None = None
+    point_id: Annotated[str, _REF] | None = None
+
+
+class EventBatch(Struct, forbid_unknown_fields=True):
+    """Several events, committed all or nothing."""
+
+    refusals: ClassVar[dict[str, Any]] = refuse(
+        "body must be a JSON object",
+        BadRequest,
+        unknown=Refusal("a batch body holds only 'events'"),
+    )
+
+    events: Annotated[list[EventDraft], _EVENTS]
+
+
+class NewEvent(Struct, frozen=True, gc=False):
+    """A validated event not yet committed. ``payload`` is its JSON encoding.
+
+    A frozen Struct, not a dataclass: made once per event on the write path, where a
+    frozen dataclass's ``__init__`` cost more than decoding the event did.
+    """
 
     id: str
     opcode: int
@@ -161,9 +535,6 @@ class NewEvent:
     def payload_obj(self) -> dict[str, Any]:
         obj: dict[str, Any] = json.loads(self.payload)
         return obj
-
-
-_FIELDS = {"id", "opcode", "name", "streamId", "nodeId", "pointId", "delta", "payload", "ts"}
 
 
 _ids: list[str] = []  # unused random ids (os.urandom is a syscall: one per 256 ids)
@@ -182,94 +553,174 @@ def new_event_id() -> str:
     return "evt-" + _ids.pop()
 
 
-def parse_draft(
-    draft: object, *, stream_id: str, max_payload_bytes: int = 64 << 10
-) -> NewEvent:
-    """Validate one client-supplied event for ``stream_id``."""
-    if not isinstance(draft, dict):
-        raise Unprocessable("an event must be a JSON object")
-    unknown = set(draft) - _FIELDS
-    if unknown:
-        raise Unprocessable(f"unknown field(s): {', '.join(sorted(unknown))}")
-    opcode = draft.get("opcode")
-    if isinstance(opcode, bool) or not isinstance(opcode, int) or opcode not in OPCODES:
-        raise Unprocessable(f"unknown opcode {opcode!r}", code="unknown_opcode")
-    if "name" in draft and draft["name"] != OPCODES[opcode]:
-        raise Unprocessable(f"name {draft['name']!r} does not match opcode {opcode}")
-    if "streamId" in draft and draft["streamId"] != stream_id:
-        raise Unprocessable("streamId in the body differs from the URL")
-    raw_id = draft.get("id")
-    if raw_id is None:
-        event_id = new_event_id()
-    elif isinstance(raw_id, str) and STREAM_ID_RE.match(raw_id):
-        event_id = raw_id
-    else:
-        raise Unprocessable("id must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-    delta = draft.get("delta", 0)
-    if delta is None:
-        delta = 0
-    if isinstance(delta, bool) or not isinstance(delta, int | float):
-        raise Unprocessable("delta must be a finite number")
+_DRAFT = msgspec.json.Decoder(EventDraft)
+_BATCH = msgspec.json.Decoder(EventBatch)
+_encode = msgspec.json.Encoder().encode
+# The strict encoder of Python objects that did not come through msgspec (they may hold
+# NaN, Infinity or lone surrogates, which are not JSON).
+_PLAIN_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def parse_body(
+    body: bytes | bytearray,
+    *,
+    stream_id: str,
+    max_batch: int = MAX_BATCH,
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+) -> list[NewEvent]:
+    """Validate a request body's bytes: one event, or ``{"events": [...]}``.
+
+    msgspec decodes the bytes straight into the Structs; a body it refuses (or JSON only
+    Python's parser reads: NaN, Infinity, lone surrogates, UTF-16) is parsed by
+    :mod:`json` and answered by :func:`parse_drafts`, as it always was.
+    """
     try:
-        delta = float(delta)
-    except OverflowError:
-        raise Unprocessable("delta must be a finite number") from None
-    if not math.isfinite(delta):
-        raise Unprocessable("delta must be a finite number")
-    payload = draft.get("payload", {})
-    if payload is None:
-        payload = {}
-    if not isinstance(payload, dict):
-        raise Unprocessable("payload must be a JSON object")
-    if json_depth(payload) > MAX_DEPTH:
-        raise Unprocessable(f"payload nested deeper than {MAX_DEPTH} levels", code="too_deep")
-    try:
-        encoded = _PAYLOAD_ENCODE(payload)
-        size = len(encoded.encode())
-    except (ValueError, TypeError, RecursionError):
-        raise Unprocessable("payload must be plain JSON (no NaN, Infinity, bad text)") from None
-    if size > max_payload_bytes:
-        raise PayloadTooLarge(f"payload over {max_payload_bytes} bytes encoded")
-    ts_given = draft.get("ts") is not None
-    ts = _parse_ts(draft["ts"]) if ts_given else now_ts()
-    return NewEvent(
-        id=event_id,
-        opcode=opcode,
-        node_id=_ref(draft, "nodeId"),
-        point_id=_ref(draft, "pointId"),
-        delta=float(delta),
-        payload=encoded,
-        ts=ts,
-        ts_given=ts_given,
-        fresh_id=raw_id is None,
-    )
+        drafts = [_DRAFT.decode(body)]
+    except (msgspec.DecodeError, RecursionError):
+        try:
+            drafts = _BATCH.decode(body).events
+        except (msgspec.DecodeError, RecursionError):
+            return parse_drafts(loads_json(body), stream_id=stream_id, max_batch=max_batch,
+                                max_payload_bytes=max_payload_bytes)  # fmt: skip
+    if len(drafts) > max_batch:
+        raise refusal_of(EventBatch, "events", "max_length")(max_length=max_batch)
+    events = [_build(d, stream_id, max_payload_bytes, trusted=True) for d in drafts]
+    _check_unique(events)
+    return events
 
 
 def parse_drafts(
-    body: object, *, stream_id: str, max_batch: int = 100, max_payload_bytes: int = 64 << 10
+    body: object,
+    *,
+    stream_id: str,
+    max_batch: int = MAX_BATCH,
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES,
 ) -> list[NewEvent]:
-    """Validate a request body: one event, or ``{"events": [...]}`` (1..max_batch)."""
-    if isinstance(body, dict) and "events" in body:
-        if set(body) != {"events"}:
-            raise Unprocessable("a batch body holds only 'events'")
+    """Validate a parsed request body: one event, or ``{"events": [...]}`` (1..max_batch)."""
+    if not isinstance(body, dict) or "events" in body:
+        found = explain_struct(body, EventBatch, items=False)  # then each event in turn
+        if found is not None:
+            raise found[1]
+        assert isinstance(body, dict)  # else it was refused
         drafts = body["events"]
-        if not isinstance(drafts, list):
-            raise Unprocessable("events must be a list")
-        if not drafts:
-            raise Unprocessable("empty batch", code="empty_batch")
         if len(drafts) > max_batch:
-            raise PayloadTooLarge(f"at most {max_batch} events per batch", code="batch_too_large")
-    elif isinstance(body, dict):
-        drafts = [body]
+            raise refusal_of(EventBatch, "events", "max_length")(max_length=max_batch)
     else:
-        raise BadRequest("body must be a JSON object")
-    events = [
-        parse_draft(d, stream_id=stream_id, max_payload_bytes=max_payload_bytes) for d in drafts
-    ]
-    ids = [e.id for e in events]
-    if len(set(ids)) != len(ids):
-        raise Unprocessable("duplicate event id in batch")
+        drafts = [body]
+    events = [parse_draft(d, stream_id=stream_id, max_payload_bytes=max_payload_bytes)
+              for d in drafts]  # fmt: skip
+    _check_unique(events)
     return events
+
+
+def parse_draft(
+    draft: object, *, stream_id: str, max_payload_bytes: int = MAX_PAYLOAD_BYTES
+) -> NewEvent:
+    """Validate one client-supplied event (a parsed JSON object) for ``stream_id``."""
+    try:
+        decoded = msgspec.convert(draft, EventDraft)
+    except (msgspec.ValidationError, OverflowError):
+        raise _refused(draft, stream_id, max_payload_bytes) from None
+    return _build(decoded, stream_id, max_payload_bytes, trusted=False)
+
+
+def _refused(draft: object, stream_id: str, max_payload_bytes: int) -> HubError:
+    """The first fault of a draft msgspec refused, in the order the fields are declared.
+
+    The checks of :func:`_build` belong to their fields too: those of the fields before
+    the one that failed come first.
+    """
+    found = explain_struct(draft, EventDraft)
+    if found is None:
+        return Unprocessable("invalid event")  # msgspec refused what no rule explains
+    failed, refused = found
+    if failed is not None and isinstance(draft, dict):
+        names = [f.encode_name for f in msgspec.structs.fields(EventDraft)]
+        before = {k: draft[k] for k in names[: names.index(failed)] if k in draft}
+        if before:
+            try:
+                _build(msgspec.convert(before, EventDraft), stream_id, max_payload_bytes,
+                       trusted=False)  # fmt: skip
+            except HubError as exc:
+                return exc
+            except (msgspec.ValidationError, OverflowError):
+                pass
+    return refused
+
+
+def _build(d: EventDraft, stream_id: str, max_payload_bytes: int, *, trusted: bool) -> NewEvent:
+    """A decoded draft's remaining checks, field by field; its :class:`NewEvent`.
+
+    ``trusted``: decoded by msgspec from bytes, so every number is finite and every
+    string is valid Unicode (Python objects are checked for both here).
+    """
+    opcode = int(d.opcode)
+    if d.name is not UNSET and d.name != OPCODES[opcode]:
+        raise refusal_of(EventDraft, "name")(value=d.name, body={"opcode": opcode})
+    if d.stream_id is not UNSET and d.stream_id != stream_id:
+        raise refusal_of(EventDraft, "streamId")()
+    delta = 0.0 if d.delta is None else d.delta
+    if not trusted and not math.isfinite(delta):
+        raise refusal_of(EventDraft, "delta")()
+    payload = {} if d.payload is None else d.payload
+    if not trusted:
+        if json_depth(payload) > MAX_DEPTH:
+            raise Unprocessable(f"payload nested deeper than {MAX_DEPTH} levels", code="too_deep")
+        try:
+            _PLAIN_JSON(payload).encode()
+        except (ValueError, TypeError, RecursionError):
+            raise Unprocessable("payload must be plain JSON (no NaN, Infinity, bad text)") from None
+    encoded = _encode(payload)
+    if (trusted and encoded.count(b"{") + encoded.count(b"[") > MAX_DEPTH  # else not deeper
+            and json_depth(payload) > MAX_DEPTH):  # fmt: skip
+        raise Unprocessable(f"payload nested deeper than {MAX_DEPTH} levels", code="too_deep")
+    if len(encoded) > max_payload_bytes:
+        raise PayloadTooLarge(f"payload over {max_payload_bytes} bytes encoded")
+    ts = now_ts() if d.ts is None else _parse_ts(d.ts)
+    if not trusted:
+        for key, ref in (("nodeId", d.node_id), ("pointId", d.point_id)):
+            if ref is not None and not _utf8(ref):
+                raise refusal_of(EventDraft, key)()
+    return NewEvent(
+        id=new_event_id() if d.id is None else d.id,
+        opcode=opcode,
+        node_id=d.node_id,
+        point_id=d.point_id,
+        delta=float(delta),
+        payload=encoded.decode(),
+        ts=ts,
+        ts_given=d.ts is not None,
+        fresh_id=d.id is None,
+    )
+
+
+def _check_unique(events: list[NewEvent]) -> None:
+    if len(events) > 1 and len({e.id for e in events}) != len(events):
+        raise Unprocessable("duplicate event id in batch")
+
+
+def _parse_ts(value: str) -> str:
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise refusal_of(EventDraft, "ts")() from None
+    if dt.tzinfo is None:
+        raise Unprocessable("ts must carry a timezone (e.g. a trailing Z)")
+    try:
+        return format_ts(dt)
+    except (OverflowError, ValueError):
+        raise Unprocessable("ts is out of range") from None
+
+
+def _utf8(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
+# -- committed events ----------------------------------------------------------------------
 
 
 def _canonical(payload: str) -> str:
@@ -278,9 +729,6 @@ def _canonical(payload: str) -> str:
 
 
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_PAYLOAD_ENCODE = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), allow_nan=False
-).encode
 
 
 def _dumps(value: object) -> str:

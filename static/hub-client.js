@@ -20,6 +20,14 @@
 //   "state"     {state, previous, code, reason, attempt, delay}: the connection state changed
 // Constructor options `onEvent`, `onState`, `onLive`, `onLocation`, `onArchived`, `onError`
 // are shortcuts for the same listeners.
+//
+// Close codes, opcodes and order statuses come from ./hub-constants.js, which the hub
+// generates from its Python definitions (`python -m hub.edge.constants`); they are
+// re-exported here.
+
+import { CloseCode, ORDER_STATUS, Opcode, RECONNECT_CODES, STATUS_ORDER } from "./hub-constants.js";
+
+export { CloseCode, ORDER_STATUS, Opcode, RECONNECT_CODES, STATUS_ORDER };
 
 /** Connection states, in the order a healthy socket goes through them. */
 export const State = Object.freeze({
@@ -28,17 +36,6 @@ export const State = Object.freeze({
   RECONNECTING: "reconnecting", // lost; waiting (backoff) or retrying
   DENIED: "denied", // 4401 or 4403: a new token is needed; no retry
   CLOSED: "closed", // closed by the app, or the stream was archived; no retry
-});
-
-/** Close codes the hub uses (CONTRACT §5). */
-export const CloseCode = Object.freeze({
-  NORMAL: 1000,
-  GOING_AWAY: 1001,
-  INTERNAL: 1011,
-  RESTART: 1012,
-  STALLED: 4008,
-  UNAUTHORIZED: 4401,
-  FORBIDDEN: 4403,
 });
 
 const DEFAULTS = {
@@ -418,20 +415,6 @@ export function tokenInfo(token) {
     return null;
   }
 }
-
-/** Opcode names (CONTRACT §3). */
-export const Opcode = Object.freeze({
-  SALE_OUT: 102, INVOICE_PAYMENT: 203, TASK_CREATE: 301, TASK_ASSIGN: 302, TASK_START: 303,
-  TASK_DONE: 305, ACCOUNT_PAYIN: 401, ACCOUNT_PAYOUT: 402, ORDER_CREATE: 501, ORDER_SHIP: 502,
-  ORDER_DELIVER: 503,
-});
-
-/** The order status an opcode moves an order to (CONTRACT §4). */
-export const ORDER_STATUS = Object.freeze({
-  501: "placed", 203: "paid", 301: "preparing", 303: "preparing", 305: "ready",
-  302: "assigned", 502: "picked_up", 503: "delivered",
-});
-export const STATUS_ORDER = ["placed", "paid", "preparing", "ready", "assigned", "picked_up", "delivered"];
 
 /**
  * The furthest status a list of one order's events reaches, or null when none of them moves

@@ -1,7 +1,7 @@
 // Shared pieces of the three apps: tokens from the URL fragment, problem messages, the
 // connection pill, small DOM helpers and the SVG map. No dependencies, no build step.
 
-import { HubApi, State, tokenInfo } from "./hub-client.js";
+import { CloseCode, HubApi, State, tokenInfo } from "./hub-client.js";
 
 // -- tokens ----------------------------------------------------------------------------
 
@@ -166,11 +166,12 @@ export function authProblem(err, info, what = "this") {
 
 /** Show the problem for a socket that ended in the `denied` state (4401 / 4403). */
 export function socketProblem(detail, info, what = "this") {
-  if (detail.code === 4401) {
-    if (info?.expired) showProblem("expired", "The hub closed the connection (4401): the token has expired.");
-    else showProblem("invalid", "The hub closed the connection (4401): it does not accept this token.");
+  const { UNAUTHORIZED, FORBIDDEN } = CloseCode;
+  if (detail.code === UNAUTHORIZED) {
+    if (info?.expired) showProblem("expired", `The hub closed the connection (${UNAUTHORIZED}): the token has expired.`);
+    else showProblem("invalid", `The hub closed the connection (${UNAUTHORIZED}): it does not accept this token.`);
   } else {
-    showProblem("denied", `The hub closed the connection (4403): ${who(info)} may not see ${what}.`,
+    showProblem("denied", `The hub closed the connection (${FORBIDDEN}): ${who(info)} may not see ${what}.`,
       { hint: "Use a token of a tenant that takes part in it." });
   }
 }

@@ -1,4 +1,5 @@
-"""Operations endpoints: ``/healthz``, ``/metrics`` and the API's own description."""
+"""Operations endpoints: ``/healthz``, ``/metrics`` and the hub's own description
+(``/openapi.json`` for HTTP, ``/asyncapi.json`` for the WebSocket protocol)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ __all__ = ["OpsHttp"]
 
 
 class OpsHttp:
-    """Health, metrics and ``/openapi.json``."""
+    """Health, metrics, ``/openapi.json`` and ``/asyncapi.json``."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -31,3 +32,8 @@ class OpsHttp:
         from hub.edge.openapi import openapi_document
 
         return JSONResponse(openapi_document())
+
+    async def asyncapi(self, request: Request) -> Response:
+        from hub.edge.asyncapi import asyncapi_document
+
+        return JSONResponse(asyncapi_document())
