@@ -17,10 +17,11 @@ import json
 import logging
 import time
 
-from hub.domain.node import Node
 from hub.events import Event, Opcode
 from hub.infra.archive import Archive
-from hub.infra.broker import Notice
+from hub.infra.broker import Broker, Notice
+from hub.infra.store import Store
+from hub.metrics import Metrics
 from hub.timing import DueQueue
 
 __all__ = ["Archiver", "archived_frame"]
@@ -37,11 +38,18 @@ def archived_frame(stream_id: str) -> str:
 
 
 class Archiver:
-    """Owns the archiving task; ``schedule()`` after delivery, ``archive_now()`` on demand."""
+    """Owns the archiving task; ``schedule()`` after delivery, ``archive_now()`` on demand.
 
-    def __init__(self, node: Node, archive: Archive, *, delay: float) -> None:
-        self.node = node
+    It reads and deletes through the ``store``, writes to the ``archive`` and tells the
+    stream's subscribers on every instance through the ``broker``.
+    """
+
+    def __init__(self, store: Store, archive: Archive, broker: Broker, metrics: Metrics, *,
+                 delay: float) -> None:  # fmt: skip
+        self.store = store
         self.archive = archive
+        self.broker = broker
+        self.metrics = metrics
         self.delay = delay
         self._due: DueQueue[str] = DueQueue()
         self._tries: dict[str, int] = {}
@@ -52,7 +60,7 @@ class Archiver:
         """Start the task and pick up delivered streams a crash left unarchived."""
         self._task = asyncio.create_task(self._run(), name="hub-archiver")
         try:
-            for stream_id in await self.node.store.find_streams(having=Opcode.ORDER_DELIVER):
+            for stream_id in await self.store.find_streams(having=Opcode.ORDER_DELIVER):
                 self.schedule(stream_id)
         except Exception:
             log.exception("could not list streams left to archive")
@@ -73,9 +81,7 @@ class Archiver:
     async def read_all(self, stream_id: str) -> list[Event]:
         events: list[Event] = []
         while True:
-            page = await self.node.store.read_stream(
-                stream_id, events[-1].seq if events else 0, PAGE
-            )
+            page = await self.store.read_stream(stream_id, events[-1].seq if events else 0, PAGE)
             events += page
             if len(page) < PAGE:
                 return events
@@ -83,14 +89,14 @@ class Archiver:
     async def archive_now(self, stream_id: str) -> int:
         """Archive one stream; returns how many events went to the archive."""
         async with self._lock:
-            info = await self.node.store.stream_info(stream_id)
+            info = await self.store.stream_info(stream_id)
             if info is None or info.archived:
                 return 0
             events = await self.read_all(stream_id)
             await self.archive.put(stream_id, events)
-            await self.node.store.delete_stream(stream_id)
-        self.node.metrics.archived.inc()
-        self.node.broker.publish_notice(Notice(stream_id, archived_frame(stream_id), final=True))
+            await self.store.delete_stream(stream_id)
+        self.metrics.archived.inc()
+        self.broker.publish_notice(Notice(stream_id, archived_frame(stream_id), final=True))
         return len(events)
 
     async def _run(self) -> None:
@@ -100,7 +106,7 @@ class Archiver:
                 await self.archive_now(stream_id)
                 self._tries.pop(stream_id, None)
             except Exception as exc:
-                self.node.metrics.archive_failures.inc()
+                self.metrics.archive_failures.inc()
                 n = self._tries[stream_id] = self._tries.get(stream_id, 0) + 1
                 backoff = min(MAX_BACKOFF, 0.5 * 2**n)
                 log.warning("archiving %s failed (%s); retrying in %.1fs", stream_id, exc, backoff)

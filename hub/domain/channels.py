@@ -1,10 +1,13 @@
-"""The local registry of subscribers: which connection listens to which channel.
+"""The local registry of subscribers: which subscription listens to which channel.
 
 :class:`Channels` subscribes the broker to a channel when its first local subscriber
-arrives and unsubscribes when the last one leaves, and hands each message to every
-local subscriber of its channel. A message is encoded once (by the event itself),
-however many subscribers it reaches; handing it over never blocks (each subscriber
-owns a bounded queue and its own overflow policy).
+arrives and unsubscribes when the last one leaves. It is the broker's
+:class:`~hub.infra.broker.Receiver`: the broker calls :meth:`Channels.deliver` with every
+message of a channel this instance subscribed to, and :meth:`Channels.resync` when
+messages may have been lost; both hand on to every local :class:`Subscriber` (a
+:class:`~hub.domain.subscription.Subscription`). A message is encoded once (by the event
+itself), however many subscribers it reaches; handing it over never blocks (each
+subscriber owns a bounded queue and its own overflow policy).
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ class Subscriber(Protocol):
 
 
 class Channels:
-    """This instance's channel -> subscribers table."""
+    """This instance's channel -> subscribers table; the broker's receiver."""
 
     def __init__(self, broker: Broker) -> None:
-        self.broker = broker
+        self._broker = broker
         self._subs: dict[str, set[Subscriber]] = {}
         # Broker (un)subscribes of one channel never interleave.
         self._locked: KeyedLocks[str] = KeyedLocks()
@@ -42,11 +45,13 @@ class Channels:
         async with self._locked(channel):
             subs = self._subs.get(channel)
             if subs is None:
-                await self.broker.subscribe(channel)
+                await self._broker.subscribe(channel)
                 subs = self._subs[channel] = set()
             subs.add(sub)
 
     async def remove(self, channel: str, sub: Subscriber) -> None:
+        """Unregister ``sub`` (nothing if it is not there); the last one out unsubscribes
+        the broker."""
         async with self._locked(channel):
             subs = self._subs.get(channel)
             if subs is None or sub not in subs:
@@ -54,15 +59,18 @@ class Channels:
             subs.discard(sub)
             if not subs:
                 del self._subs[channel]
-                await self.broker.unsubscribe(channel)
+                await self._broker.unsubscribe(channel)
 
+    # Receiver (called by the broker; never blocks).
     def deliver(self, channel: str, message: Message) -> None:
+        """Offer ``message`` to every local subscriber of ``channel``."""
         subs = self._subs.get(channel)
         if subs:
             for sub in tuple(subs):
                 sub.offer(message)
 
     def resync(self) -> None:
+        """Tell every local subscriber to re-read the log (messages may have been lost)."""
         for subs in tuple(self._subs.values()):
             for sub in tuple(subs):
                 sub.resync()

@@ -25,10 +25,11 @@ import time
 from collections import deque
 from functools import partial
 
-from hub.domain.node import Node
 from hub.events import Opcode, now_ts
-from hub.infra.broker import Notice
+from hub.infra.broker import Broker, Notice
+from hub.infra.store import Store
 from hub.infra.tenants import Tenants
+from hub.metrics import Metrics
 from hub.timing import DueQueue
 
 __all__ = ["Gps"]
@@ -40,12 +41,18 @@ MAX_TRACKED = 100_000  # drivers remembered at once (oldest forgotten first)
 
 
 class Gps:
-    """Coalesces GPS writes per driver and fans positions out; owns one flusher task."""
+    """Coalesces GPS writes per driver and fans positions out; owns one flusher task.
 
-    def __init__(self, node: Node, tenants: Tenants, *, interval: float = 1.0,
-                 max_rate: float = 20.0) -> None:  # fmt: skip
-        self.node = node
+    Positions are written to the driver's DB in ``tenants``; the driver's open orders are
+    found in the ``store`` and their subscribers reached through the ``broker``.
+    """
+
+    def __init__(self, tenants: Tenants, store: Store, broker: Broker, metrics: Metrics, *,
+                 interval: float = 1.0, max_rate: float = 20.0) -> None:  # fmt: skip
         self.tenants = tenants
+        self.store = store
+        self.broker = broker
+        self.metrics = metrics
         self.interval = interval
         self.max_rate = max_rate
         self._last_write: dict[str, float] = {}
@@ -88,9 +95,9 @@ class Gps:
         """Take one position of ``driver``; False when dropped by the rate limit."""
         now = time.monotonic()
         if not self._allowed(driver, now):
-            self.node.metrics.gps_dropped.inc()
+            self.metrics.gps_dropped.inc()
             return False
-        self.node.metrics.gps_pings.inc()
+        self.metrics.gps_pings.inc()
         last = self._last_write.get(driver)
         write = None
         if (last is None or now - last >= self.interval) and driver not in self._writing:
@@ -141,7 +148,7 @@ class Gps:
         now = time.monotonic()
         cached = self._streams.get(driver)
         if cached is None or cached[0] < now:
-            streams = await self.node.store.find_streams(
+            streams = await self.store.find_streams(
                 having=Opcode.TASK_ASSIGN, lacking=Opcode.ORDER_DELIVER, member=driver, limit=20
             )
             self._streams[driver] = (now + STREAMS_TTL, streams)
@@ -151,7 +158,7 @@ class Gps:
         for stream_id in streams:
             frame = json.dumps({"type": "location", "streamId": stream_id, "driver": driver,
                                 "lat": lat, "lng": lng, "ts": ts})  # fmt: skip
-            self.node.broker.publish_notice(Notice(stream_id, frame))
+            self.broker.publish_notice(Notice(stream_id, frame))
 
     def forget(self, driver: str) -> None:
         """Drop the cached order list of ``driver`` (after an assignment or delivery)."""

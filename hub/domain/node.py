@@ -1,148 +1,91 @@
-"""The node: one hub instance's parts wired together (store, broker, channels, metrics).
+"""The stream node: one hub instance's event log and its fan-out.
 
-The edge (:mod:`hub.edge.app`, :mod:`hub.edge.ws`) calls the node; the node checks access with
-:mod:`hub.domain.auth` and commits through the :class:`~hub.infra.store.Store`, whose commit hook
-hands every committed append, in commit order, to the :class:`~hub.infra.broker.Broker`,
-which delivers to the local :class:`~hub.domain.channels.Channels` of every instance.
+An event's way, call by call (each a method a reader can follow):
+
+1. :meth:`Node.append` authorizes (:mod:`hub.domain.auth`) and :meth:`Node.commit` hands
+   the events to :meth:`Store.append <hub.infra.store.Store.append>`;
+2. the store tells its :class:`~hub.infra.store.CommitListener`, this node, of every
+   commit in commit order: :meth:`Node.committed` remembers the stream's members and calls
+   :meth:`Broker.publish <hub.infra.broker.Broker.publish>`;
+3. the broker (on every instance) calls its :class:`~hub.infra.broker.Receiver`, this
+   node's :class:`~hub.domain.channels.Channels`: :meth:`Channels.deliver
+   <hub.domain.channels.Channels.deliver>` offers the event to each local subscriber;
+4. a :class:`~hub.domain.subscription.Subscription` queues it and wakes its transport
+   (:mod:`hub.edge.ws`), which sends it.
+
+Reading a stream, live or archived, is :meth:`Node.read_events` (HTTP reads and
+subscriptions alike). Every collaborator is given to the constructor
+(:meth:`hub.edge.app.Parts.build` is where they are made); :meth:`Node.start` opens the
+store with this node as its listener and starts the broker with the channels as its
+receiver.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
 
 from hub.config import Settings
 from hub.domain.auth import Principal, TokenCache, authorize_append, authorize_read
-from hub.domain.channels import Channels
-from hub.errors import Forbidden, Unprocessable
-from hub.events import Event, NewEvent, Opcode
+from hub.domain.channels import Channels, Subscriber
+from hub.errors import Unavailable
+from hub.events import Event, NewEvent
 from hub.infra.archive import Archive
-from hub.infra.broker import Broker, MemoryBroker
-from hub.infra.store import AppendResult, Store, StreamInfo, open_store
+from hub.infra.broker import Broker
+from hub.infra.store import AppendResult, Store, StreamInfo
 from hub.metrics import Metrics
 
-__all__ = ["ORDER_STATUS", "STATUS_OPCODES", "Node", "Watched", "order_status", "status_of"]
-
-
-class Watched(Protocol):
-    """A socket the node's sweeper checks for stalls."""
-
-    def check_stall(self, now: float) -> None: ...
-
-
-# The order status an opcode moves a stream to (CONTRACT §4), in step order.
-ORDER_STATUS: dict[int, str] = {
-    Opcode.ORDER_CREATE: "placed",
-    Opcode.INVOICE_PAYMENT: "paid",
-    Opcode.TASK_CREATE: "preparing",
-    Opcode.TASK_START: "preparing",
-    Opcode.TASK_DONE: "ready",
-    Opcode.TASK_ASSIGN: "assigned",
-    Opcode.ORDER_SHIP: "picked_up",
-    Opcode.ORDER_DELIVER: "delivered",
-}
-STATUS_OPCODES = tuple(ORDER_STATUS)  # the opcodes that tell an order's status
-_RANK = {s: i for i, s in enumerate(dict.fromkeys(ORDER_STATUS.values()))}
-
-
-def order_status(events: Sequence[Event]) -> str | None:
-    """The furthest order step the events reach; None for a stream with no ORDER_CREATE."""
-    return status_of({e.opcode for e in events})
-
-
-def status_of(opcodes: Collection[int]) -> str | None:
-    """The furthest order step a stream holding ``opcodes`` has reached (None: not an order)."""
-    if Opcode.ORDER_CREATE not in opcodes:
-        return None
-    best = "placed"
-    for opcode in opcodes:
-        status = ORDER_STATUS.get(opcode)
-        if status is not None and _RANK[status] > _RANK[best]:
-            best = status
-    return best
+__all__ = ["Node"]
 
 
 class Node:
-    """One hub instance. ``start()``/``close()`` are called by the app's lifespan."""
+    """One hub instance's event log and fan-out. ``start()``/``close()`` are called by the
+    app's lifespan; the node owns the store, the broker and the archive from then on."""
+
+    MEMBERS_CACHED = 10_000  # streams whose members are remembered
 
     def __init__(
-        self, settings: Settings, *, store: Store | None = None, broker: Broker | None = None
+        self,
+        settings: Settings,
+        *,
+        store: Store,
+        broker: Broker,
+        archive: Archive,
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
-        self.metrics = Metrics()
-        self._streams_written = self.metrics.db_writes.labels("streams")
-        self.store: Store = store or open_store(
-            settings.streams_db, auth_token=settings.db_auth_token
-        )
-        self.broker: Broker = broker or self._default_broker()
-        self.channels = Channels(self.broker)
-        # Set by the app: where a driver's location frames go (the GPS service).
-        self.location_sink: Callable[[str, float, float], Awaitable[bool]] | None = None
+        self.metrics = metrics
         self.tokens = TokenCache(settings.secret)
+        # Read directly by hub.domain.orders until it reads through read_events.
+        self.store = store
+        self.archive = archive
+        self._broker = broker
+        self._channels = Channels(broker)  # the broker's receiver on this instance
         self._members: OrderedDict[str, StreamInfo] = OrderedDict()  # known members by stream
-        self.sockets_by_subject: dict[str, int] = {}  # "role:tenant" -> open sockets
-        self._watched: set[Watched] = set()
-        self._sweeper: asyncio.Task[None] | None = None
-        self.archive: Archive | None = None  # set by the app; where archived streams are read
-
-    def _default_broker(self) -> Broker:
-        if self.settings.redis_url:
-            from hub.infra.broker.redis import RedisBroker
-
-            return RedisBroker(self.settings.redis_url, sharded=self.settings.redis_sharded,
-                               cluster=self.settings.redis_cluster,
-                               prefix=self.settings.redis_prefix, metrics=self.metrics)  # fmt: skip
-        return MemoryBroker()
-
-    def watch(self, conn: Watched) -> None:
-        """Have the sweeper check ``conn`` for stalls until :meth:`unwatch`."""
-        self._watched.add(conn)
-
-    def unwatch(self, conn: Watched) -> None:
-        self._watched.discard(conn)
-
-    async def _sweep(self) -> None:
-        """One task for every socket's stall check (not a timer per socket)."""
-        period = max(0.05, min(1.0, self.settings.ws_stall_timeout / 4))
-        while True:
-            await asyncio.sleep(period)
-            now = time.monotonic()
-            for conn in tuple(self._watched):
-                conn.check_stall(now)
+        self._streams_written = metrics.db_writes.labels("streams")
 
     async def start(self) -> None:
-        self._sweeper = asyncio.create_task(self._sweep(), name="hub-stall-sweeper")
-        await self.store.open()
-        self.store.on_commit = self._committed
-        await self.broker.start(self.channels.deliver, self.channels.resync)
+        """Open the store, telling this node of every commit; start the broker,
+        delivering to this node's channels."""
+        await self.store.open(self)
+        await self._broker.start(self._channels)
 
     async def close(self) -> None:
-        """Stop fan-out, then the store (every task awaited). Idempotent."""
-        self.store.on_commit = None
-        sweeper, self._sweeper = self._sweeper, None
-        if sweeper is not None:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
-        await self.broker.close()
+        """Stop the store (it tells nobody any more), then the broker, then the archive;
+        every task awaited. Idempotent."""
         await self.store.close()
+        await self._broker.close()
+        await self.archive.close()
 
-    async def location(self, who: Principal, frame: Mapping[str, Any]) -> bool:
-        """A driver's ``location`` frame: the same as ``POST /api/motion``."""
-        if who.role != "driver":
-            raise Forbidden("only a driver sends its location")
-        lat, lng = frame.get("lat"), frame.get("lng")
-        for name, value, limit in (("lat", lat, 90), ("lng", lng, 180)):
-            if (isinstance(value, bool) or not isinstance(value, int | float)
-                    or not -limit <= value <= limit):  # fmt: skip
-                raise Unprocessable(f"{name} must be a number in range", code="invalid_frame")
-        if self.location_sink is None:
-            raise Unprocessable("GPS is not enabled on this hub", code="unsupported")
-        return await self.location_sink(who.tenant, float(lat), float(lng))  # type: ignore[arg-type]
+    @property
+    def ordered(self) -> bool:
+        """True when live events reach subscribers in commit order across all streams
+        (one process); else inbox subscribers read them from the store in ``pos`` order."""
+        return self._broker.ordered
+
+    # -- writing: append -> commit -> committed -> broker ---------------------------------
 
     async def append(
         self, who: Principal, stream_id: str, events: Sequence[NewEvent]
@@ -150,7 +93,7 @@ class Node:
         """Authorize and commit an append through the generic event API."""
         if who.is_platform:
             return await self.commit(stream_id, events)
-        # Membership is never revoked: a remembered member needs no read of the store.
+        # A remembered member needs no read of the store.
         info = self._members.get(stream_id)
         if info is None or who.tenant not in info.members:
             info = await self.store.stream_info(stream_id)
@@ -159,24 +102,11 @@ class Node:
         first = authorize_append(who, info, events)
         return await self.commit(stream_id, events, first=first)
 
-    MEMBERS_CACHED = 10_000  # streams whose members are remembered
-
-    def _remember(self, info: StreamInfo) -> None:
-        self._members[info.stream_id] = info
-        self._members.move_to_end(info.stream_id)
-        if len(self._members) > self.MEMBERS_CACHED:
-            self._members.popitem(last=False)
-
-    def _committed(self, result: AppendResult) -> None:
-        """The store's commit hook: remember the members, then fan the events out."""
-        last = result.events[-1].seq if result.events else 0
-        self._remember(StreamInfo(result.stream_id, last, False, dict(result.members)))
-        self.broker.publish(result)
-
     async def commit(
         self, stream_id: str, events: Sequence[NewEvent], *, first: bool = False
     ) -> AppendResult:
-        """Commit already-authorized events, count them, and hand them on for fan-out."""
+        """Commit already-authorized events and count them; the store reports the commit
+        to :meth:`committed` before this returns."""
         t0 = time.perf_counter()
         result = await self.store.append(stream_id, events, first=first)
         self.metrics.append_latency.observe(time.perf_counter() - t0)
@@ -185,12 +115,69 @@ class Node:
             self._streams_written.inc(len(result.new))
         return result
 
+    def committed(self, result: AppendResult) -> None:
+        """The store's :class:`~hub.infra.store.CommitListener`: remember the members,
+        then publish the events (in commit order) to every instance's channels."""
+        last = result.events[-1].seq if result.events else 0
+        self._remember(StreamInfo(result.stream_id, last, False, dict(result.members)))
+        self._broker.publish(result)
+
+    def _remember(self, info: StreamInfo) -> None:
+        self._members[info.stream_id] = info
+        self._members.move_to_end(info.stream_id)
+        if len(self._members) > self.MEMBERS_CACHED:
+            self._members.popitem(last=False)
+
+    # -- subscribing ------------------------------------------------------------------
+
+    async def subscribe(self, channel: str, sub: Subscriber) -> None:
+        """Offer ``sub`` every message of ``channel`` from now on (returns once the broker
+        delivers it here)."""
+        await self._channels.add(channel, sub)
+        self.metrics.subscriptions.inc()
+
+    async def unsubscribe(self, channel: str, sub: Subscriber) -> None:
+        self.metrics.subscriptions.dec()
+        await self._channels.remove(channel, sub)
+
+    # -- reading ------------------------------------------------------------------------
+
     async def read(self, who: Principal, stream_id: str) -> StreamInfo:
         """Return the stream's info if ``who`` may read it (else Forbidden/NotFound)."""
         info = await self.store.stream_info(stream_id)
         authorize_read(who, info)
         assert info is not None
         return info
+
+    async def stream_info(self, stream_id: str) -> StreamInfo | None:
+        """The stream's last ``seq``, members and whether it is archived; None if it never
+        existed. Not authorized: for the platform and the node's own checks."""
+        return await self.store.stream_info(stream_id)
+
+    async def read_events(
+        self, stream_id: str, since: int, limit: int, *, archived: bool
+    ) -> list[Event]:
+        """Events of ``stream_id`` with ``seq > since``, in order, at most ``limit``: from
+        the store while the stream is live, from the archive once it is ``archived`` (the
+        same events, with their ``seq`` and ``pos``).
+
+        Raises :class:`~hub.errors.Unavailable` when an archived stream cannot be read.
+        """
+        if not archived:
+            return await self.store.read_stream(stream_id, since, limit)
+        stored = await self.archive.get(stream_id)
+        if stored is None:
+            raise Unavailable("the archived stream cannot be read right now")
+        return [e for e in stored if e.seq > since][:limit]
+
+    async def read_inbox(self, tenant: str | None, since: int, limit: int) -> list[Event]:
+        """Events with ``pos > since`` of the streams ``tenant`` is a member of, from the
+        event that made it one (every stream for None, the platform); the store only."""
+        return await self.store.read_inbox(tenant, since, limit)
+
+    async def stream_opcodes(self, stream_id: str, among: Sequence[int]) -> set[int]:
+        """Which of the opcodes ``among`` the stream's stored events have."""
+        return await self.store.stream_opcodes(stream_id, among)
 
     async def healthy(self, timeout: float = 2.0) -> dict[str, str]:
         """Check each dependency; the streams DB answering is what makes the hub healthy."""
@@ -200,5 +187,5 @@ class Node:
             checks["streams_db"] = "ok"
         except Exception as exc:
             checks["streams_db"] = f"failing: {exc}"
-        checks["broker"] = self.broker.health()
+        checks["broker"] = self._broker.health()
         return checks

@@ -26,6 +26,7 @@ from hub.domain.archiver import Archiver
 from hub.domain.gps import Gps
 from hub.domain.node import Node
 from hub.domain.orders import Orders
+from hub.domain.sessions import Sessions
 from hub.edge.append import AppendEndpoint
 from hub.edge.http import StaticPages, error_handlers
 from hub.edge.logs import install_filters
@@ -34,7 +35,10 @@ from hub.edge.orders import STEPS, OrdersHttp
 from hub.edge.streams import StreamsHttp
 from hub.edge.ws import InboxEndpoint, StreamEndpoint
 from hub.infra.archive import open_archive
+from hub.infra.broker import Broker, MemoryBroker
+from hub.infra.store import open_store
 from hub.infra.tenants import Tenants
+from hub.metrics import Metrics
 
 __all__ = ["app", "create_app"]
 
@@ -45,26 +49,40 @@ STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 
 @dataclass(frozen=True, slots=True)
 class Parts:
-    """One hub instance's parts, built once, each given what it uses."""
+    """One hub instance's parts, built once, each given what it uses (the composition
+    root: nothing is attached to a part after it is made)."""
 
     node: Node
     tenants: Tenants
     gps: Gps
     archiver: Archiver
     orders: Orders
+    sessions: Sessions
 
     @classmethod
     def build(cls, settings: Settings) -> Parts:
-        node = Node(settings)
-        archive = node.archive = open_archive(settings.archive_url)
+        metrics = Metrics()
+        store = open_store(settings.streams_db, auth_token=settings.db_auth_token)
+        broker: Broker
+        if settings.redis_url:
+            from hub.infra.broker.redis import RedisBroker  # the redis extra
+
+            broker = RedisBroker(settings.redis_url, sharded=settings.redis_sharded,
+                                 cluster=settings.redis_cluster, prefix=settings.redis_prefix,
+                                 metrics=metrics)  # fmt: skip
+        else:
+            broker = MemoryBroker()
+        archive = open_archive(settings.archive_url)
+        node = Node(settings, store=store, broker=broker, archive=archive, metrics=metrics)
         tenants = Tenants(settings.tenant_db, settings.public_db,
-                          auth_token=settings.db_auth_token, metrics=node.metrics,
+                          auth_token=settings.db_auth_token, metrics=metrics,
                           max_open=settings.tenant_max_open)  # fmt: skip
-        gps = Gps(node, tenants)
-        archiver = Archiver(node, archive, delay=settings.archive_delay)
+        gps = Gps(tenants, store, broker, metrics)
+        archiver = Archiver(store, archive, broker, metrics, delay=settings.archive_delay)
         orders = Orders(node, tenants, archiver=archiver, gps=gps)
-        node.location_sink = gps.ping
-        return cls(node, tenants, gps, archiver, orders)
+        sessions = Sessions(max_per_subject=settings.ws_max_per_token,
+                            stall_timeout=settings.ws_stall_timeout)  # fmt: skip
+        return cls(node, tenants, gps, archiver, orders, sessions)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -72,6 +90,7 @@ class Parts:
         node = self.node
         await node.start()
         try:
+            await self.sessions.start()
             await self.gps.start()
             try:
                 await self.orders.recover()
@@ -92,9 +111,9 @@ class Parts:
             node.metrics.unwatch_gc()
             await self.archiver.close()
             await self.gps.close()
-            await node.close()
+            await self.sessions.close()
+            await node.close()  # the store, the broker and the archive
             await self.tenants.close()
-            await self.archiver.archive.close()
 
 
 def routes(parts: Parts, settings: Settings) -> list[BaseRoute]:
@@ -108,8 +127,9 @@ def routes(parts: Parts, settings: Settings) -> list[BaseRoute]:
         Route("/api/streams/{stream_id}/events", AppendEndpoint(node, settings), methods=["POST"]),
         Route("/api/streams/{stream_id}", streams.read, methods=["GET"]),
         Route("/api/streams/{stream_id}/archive", streams.archive, methods=["POST"]),
-        WebSocketRoute("/ws/streams/{stream_id}", StreamEndpoint(node)),
-        WebSocketRoute("/ws/inbox", InboxEndpoint(node)),
+        WebSocketRoute("/ws/streams/{stream_id}",
+                       StreamEndpoint(node, parts.sessions, parts.gps, settings)),
+        WebSocketRoute("/ws/inbox", InboxEndpoint(node, parts.sessions, parts.gps, settings)),
         # The order flow (the seed's Steps 1-10), menus and drivers.
         Route("/api/orders", orders.create, methods=["POST"]),
         *(Route(f"/api/orders/{{order_id}}/{name}", orders.step(name), methods=["POST"])
@@ -123,6 +143,7 @@ def routes(parts: Parts, settings: Settings) -> list[BaseRoute]:
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/metrics", ops.metrics, methods=["GET"]),
         Route("/openapi.json", ops.openapi, methods=["GET"]),
+        Route("/asyncapi.json", ops.asyncapi, methods=["GET"]),
     ]
 
 

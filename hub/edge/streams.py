@@ -11,9 +11,10 @@ from starlette.responses import Response
 
 from hub.domain.archiver import Archiver
 from hub.domain.auth import TokenCache
-from hub.domain.node import STATUS_OPCODES, Node, order_status, status_of
+from hub.domain.node import Node
+from hub.domain.orders.rules import STATUS_OPCODES, order_status, status_of
 from hub.edge.http import Raw, int_param, ok, principal
-from hub.errors import Forbidden, Unavailable
+from hub.errors import Forbidden
 from hub.events import check_stream_id
 
 __all__ = ["READ_LIMIT_DEFAULT", "READ_LIMIT_MAX", "StreamsHttp"]
@@ -35,20 +36,16 @@ class StreamsHttp:
         since = int_param(request, "since", 0)
         limit = int_param(request, "limit", READ_LIMIT_DEFAULT, maximum=READ_LIMIT_MAX)
         who = principal(request, self.tokens)
-        info = await self.node.read(who, stream_id)
-        store = self.node.store
-        if info.archived:
-            stored = await self.archiver.archive.get(stream_id)
-            if stored is None:
-                raise Unavailable("the archived stream cannot be read right now")
-            events = [e for e in stored if e.seq > since][:limit]
-            status = order_status(stored)
-        else:
-            events = await store.read_stream(stream_id, since, limit)
-            if since == 0 and len(events) < limit:  # the whole stream
-                status = order_status(events)
-            else:  # a page of it: ask the store which steps the stream has reached
-                status = status_of(await store.stream_opcodes(stream_id, STATUS_OPCODES))
+        node = self.node
+        info = await node.read(who, stream_id)
+        events = await node.read_events(stream_id, since, limit, archived=info.archived)
+        if since == 0 and len(events) < limit:  # the whole stream
+            status = order_status(events)
+        elif info.archived:  # a page of an archived stream: the steps are in the whole of it
+            whole = await node.read_events(stream_id, 0, info.last_seq, archived=True)
+            status = order_status(whole)
+        else:  # a page of it: ask the store which steps the stream has reached
+            status = status_of(await node.stream_opcodes(stream_id, STATUS_OPCODES))
         payload = (
             f'{{"streamId":{json.dumps(stream_id)},'
             f'"status":{json.dumps("archived" if info.archived else "active")},'

@@ -1,20 +1,20 @@
-"""One WebSocket connection: authenticate, subscribe, replay, go live, never lose an event.
+"""The WebSocket transport: one connection serving one subscription.
 
-The order of work (CONTRACT §5) is what makes resume exact:
+What a subscriber is sent, and when, is the transport-neutral
+:class:`~hub.domain.subscription.Subscription` (replay from the log, then live, the
+overflow policy, gap fill, the archived end). This module is the WebSocket around it:
 
-1. accept, then authenticate (a refusal is a 4401/4403 close a browser can read);
-2. subscribe to the live channel first, buffering what arrives;
-3. replay from the store every event after ``since``, page by page;
-4. send the ``live`` frame, then the buffered and new events, dropping anything at or
-   below the last ``seq``/``pos`` sent.
+1. accept, then authenticate (a refusal is a 4401/4403 close a browser can read) and
+   take a place under the principal's cap (:class:`~hub.domain.sessions.Sessions`);
+2. open the subscription (:func:`~hub.domain.subscription.open_stream` /
+   :func:`~hub.domain.subscription.open_inbox`: it authorizes and subscribes);
+3. run a reader (client frames: ``ping``, a driver's ``location``) and a writer (the
+   subscription's frames, and pongs and error frames first) until either ends.
 
-Each connection has one bounded queue and one writer task; the reader, the writer and a
-stall check (one sweeper task per node looks at every socket) end together: when one
-ends the others are cancelled and awaited.
-Overflow policy: a subscriber whose queue fills has its queued live events dropped and
-is fed from the store at the pace its socket drains (it loses nothing). A gap in the
-live feed (a ``seq`` jump) is filled from the store the same way. A socket that drains
-nothing for ``ws_stall_timeout`` seconds is closed with 4008 (reconnect with ``since``).
+Each connection has one writer task; the reader runs in the socket's own task, and a
+stall check (one sweeper for every socket, owned by :class:`Sessions`) closes a socket
+that drained nothing for ``ws_stall_timeout`` seconds with 4008 (reconnect with
+``since``). When one of them ends, the others are cancelled and awaited.
 """
 
 from __future__ import annotations
@@ -25,145 +25,30 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.types import Receive, Scope, Send
 
-from hub.domain.archiver import archived_frame
-from hub.domain.auth import Principal
+from hub.config import Settings
+from hub.domain.auth import Principal, Role
+from hub.domain.gps import Gps
 from hub.domain.node import Node
+from hub.domain.sessions import Sessions
+from hub.domain.subscription import Subscription, open_inbox, open_stream
 from hub.edge.append import bearer_token
-from hub.errors import CloseCode, HubError
-from hub.events import Event, check_stream_id
-from hub.infra.broker import Message, Notice, inbox_channel, stream_channel
+from hub.errors import CloseCode, Forbidden, HubError, Unprocessable
+from hub.events import check_stream_id
 
-__all__ = ["Feed", "InboxEndpoint", "StreamEndpoint", "origin_allowed"]
+__all__ = ["InboxEndpoint", "StreamEndpoint", "origin_allowed"]
 
 log = logging.getLogger("hub.ws")
 
 
-REPLAY_PAGE = 500  # events read from the store per page while replaying
 CONTROL_MAX = 64  # pongs and error frames waiting to be sent
-NOTICE_MAX = 64  # location frames waiting (oldest dropped first)
-MAX_CLIENT_FRAME = 64 << 10  # bytes (UTF-8) of one client frame
 CLOSE_WAIT = 60.0  # seconds a close may wait behind a full send buffer (4008 must get through)
-
-
-class Feed:
-    """One subscription's delivery state: a stream (by ``seq``) or an inbox (by ``pos``).
-
-    An idle feed holds no buffers: its queues are made on the first event and dropped
-    when the writer has drained them (most sockets wait far longer than they send).
-    """
-
-    __slots__ = ("_archived", "_waiter", "fallback", "final", "hints_only", "last", "node",
-                 "notices", "pending", "queue", "queue_max", "resynced", "stream_id",
-                 "tenant")  # fmt: skip
-
-    def __init__(
-        self,
-        node: Node,
-        *,
-        stream_id: str | None,
-        tenant: str | None,
-        since: int,
-        queue_max: int,
-    ) -> None:
-        self.node = node
-        self.stream_id = stream_id  # None: an inbox
-        self.tenant = tenant  # inbox owner; None with stream_id None: the platform's inbox
-        self.last = since
-        self.queue: deque[Event] | None = None
-        self.queue_max = queue_max
-        self.notices: deque[Notice] | None = None  # location frames (oldest dropped first)
-        self.final: Notice | None = None
-        self.fallback = True  # start by reading the store (the replay)
-        self.pending = False  # something for the writer to look at
-        self._waiter: asyncio.Future[None] | None = None  # only while the writer waits
-        self._archived: list[Event] | None = None
-        self.resynced = False
-        # Inbox events of several instances may arrive out of pos order: read them
-        # from the store (in pos order) instead of trusting the live order.
-        self.hints_only = stream_id is None and not node.broker.ordered
-
-    @property
-    def channel(self) -> str:
-        if self.stream_id is not None:
-            return stream_channel(self.stream_id)
-        return inbox_channel(self.tenant)
-
-    def key(self, event: Event) -> int:
-        return event.seq if self.stream_id is not None else event.pos
-
-    # Subscriber protocol (called by Channels; never blocks).
-    def offer(self, message: Message) -> None:
-        if isinstance(message, Notice):
-            if message.final:
-                self.final = message
-            else:
-                if self.notices is None:
-                    self.notices = deque(maxlen=NOTICE_MAX)
-                self.notices.append(message)
-        elif self.fallback:
-            return  # the writer will read it from the store
-        elif self.hints_only:
-            if self.key(message) <= self.last:
-                return
-            self.fallback = True
-        elif self.queue is None:
-            self.queue = deque((message,))
-        elif len(self.queue) >= self.queue_max:
-            self.queue = None
-            self.fallback = True
-            self.node.metrics.slow_fallbacks.inc()
-        else:
-            self.queue.append(message)
-        self.wake()
-
-    def resync(self) -> None:
-        self.queue = None
-        self.fallback = True
-        self.resynced = True
-        self.wake()
-
-    def wake(self) -> None:
-        self.pending = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def wait(self) -> None:
-        """Until there is something for the writer (at once if there already is)."""
-        if not self.pending:
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-        self.pending = False
-
-    def drop_buffers(self) -> None:
-        """Called by the writer once drained: an idle feed holds no buffers."""
-        self.queue = self.notices = None
-
-    async def read(self) -> list[Event]:
-        if self.stream_id is None:
-            return await self.node.store.read_inbox(self.tenant, self.last, REPLAY_PAGE)
-        rows = await self.node.store.read_stream(self.stream_id, self.last, REPLAY_PAGE)
-        if rows or self.final is None:
-            return rows
-        # Archived: what the store no longer holds is in the archive.
-        if self._archived is None:
-            archive = self.node.archive
-            got = await archive.get(self.stream_id) if archive is not None else None
-            self._archived = got or []
-        return [e for e in self._archived if e.seq > self.last][:REPLAY_PAGE]
-
-    def live_frame(self) -> str:
-        if self.stream_id is not None:
-            return json.dumps({"type": "live", "streamId": self.stream_id, "seq": self.last})
-        return json.dumps({"type": "live", "pos": self.last})
+YIELD_EVERY = 64  # frames a writer sends before letting other tasks run
 
 
 class _Closed(Exception):
@@ -179,29 +64,42 @@ def error_frame(code: str, message: str) -> str:
     return json.dumps({"type": "error", "error": {"code": code, "message": message}})
 
 
-YIELD_EVERY = 64  # frames a writer sends before letting other tasks run
+def _bytes_text(n: int) -> str:
+    return f"{n >> 10} KiB" if n % 1024 == 0 else f"{n} bytes"
+
+
+def _position(who: Principal, frame: Mapping[str, Any]) -> tuple[float, float]:
+    """``lat``/``lng`` of a driver's ``location`` frame (the same as ``POST /api/motion``)."""
+    if who.role is not Role.DRIVER:
+        raise Forbidden("only a driver sends its location")
+    lat, lng = frame.get("lat"), frame.get("lng")
+    for name, value, limit in (("lat", lat, 90), ("lng", lng, 180)):
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not -limit <= value <= limit):  # fmt: skip
+            raise Unprocessable(f"{name} must be a number in range", code="invalid_frame")
+    return float(lat), float(lng)  # type: ignore[arg-type]
 
 
 class Connection:
     """A subscribed socket: the reader runs in the socket's own task, the writer in a second.
 
-    The node's sweeper checks it for stalls. When either side ends, the other is stopped:
-    the writer is cancelled and awaited; a writer that ends interrupts the reader.
+    The sessions' sweeper checks it for stalls. When either side ends, the other is
+    stopped: the writer is cancelled and awaited; a writer that ends interrupts the reader.
     """
 
     __slots__ = ("_interrupted", "_reading", "_receive", "_send", "_sent", "_task", "_writer",
-                 "control", "feed", "node", "sending_since", "stall_timeout", "stalled",
+                 "control", "endpoint", "sending_since", "stalled", "sub",
                  "who")  # fmt: skip
 
-    def __init__(self, node: Node, who: Principal, feed: Feed, send: Send, receive: Receive):
-        self.node = node
+    def __init__(self, endpoint: _Endpoint, who: Principal, sub: Subscription, send: Send,
+                 receive: Receive) -> None:  # fmt: skip
+        self.endpoint = endpoint
         self.who = who
-        self.feed = feed
+        self.sub = sub
         self._send = send
         self._receive = receive
         self.control: deque[str] | None = None  # pongs and error frames (made on demand)
         self.sending_since: float | None = None
-        self.stall_timeout = node.settings.ws_stall_timeout
         self.stalled = False
         self._writer: asyncio.Task[None] | None = None
         self._task: asyncio.Task[Any] | None = None
@@ -213,17 +111,17 @@ class Connection:
         self.sending_since = time.monotonic()
         await self._send({"type": "websocket.send", "text": frame})
         self.sending_since = None
-        self.node.metrics.frames_sent += 1
+        self.endpoint.metrics.frames_sent += 1
         self._sent += 1
         if self._sent % YIELD_EVERY == 0:
             await asyncio.sleep(0)  # a hot stream must not hold the loop for a whole pass
 
-    def check_stall(self, now: float) -> None:
-        """Called by the node's sweeper: close a socket that drained nothing for too long."""
+    def check_stall(self, cutoff: float) -> None:
+        """Called by the sweeper: close a socket stuck in one send since before ``cutoff``."""
         started = self.sending_since
-        if started is not None and now - started > self.stall_timeout and not self.stalled:
+        if started is not None and started < cutoff and not self.stalled:
             self.stalled = True
-            self.node.metrics.stalled_closes.inc()
+            self.endpoint.metrics.stalled_closes.inc()
             if self._writer is not None:
                 self._writer.cancel()
 
@@ -233,91 +131,66 @@ class Connection:
         elif len(self.control) >= CONTROL_MAX:
             raise _Closed(CloseCode.STALLED, "replies not being read")
         self.control.append(frame)
-        self.feed.wake()
-
-    async def catch_up(self) -> None:
-        """Send from the store until caught up; live events buffer meanwhile."""
-        feed = self.feed
-        while True:
-            feed.fallback = False
-            backfill, feed.resynced = feed.resynced, False
-            rows = await feed.read()
-            if backfill and rows:
-                self.node.metrics.backfilled.inc(len(rows))
-            if backfill and not rows and feed.stream_id is not None and feed.final is None:
-                # The "archived" notice may be what was lost: ask the store.
-                info = await self.node.store.stream_info(feed.stream_id)
-                if info is not None and info.archived:
-                    feed.final = Notice(feed.stream_id, archived_frame(feed.stream_id), final=True)
-            for event in rows:
-                await self.send(event.frame)
-                feed.last = feed.key(event)
-            if len(rows) < REPLAY_PAGE and not feed.fallback:
-                return
+        self.sub.wake()
 
     async def writer(self) -> None:
-        feed = self.feed
-        await self.catch_up()
-        if feed.final is None:
-            await self.send(feed.live_frame())
+        """Send what the subscription hands out (see :mod:`hub.domain.subscription`), our
+        own replies first."""
+        sub = self.sub
         while True:
-            await feed.wait()
+            await sub.wait()
             while True:
                 if self.control:
                     await self.send(self.control.popleft())
-                elif feed.fallback:
-                    await self.catch_up()
-                elif feed.queue:
-                    event = feed.queue.popleft()
-                    key = feed.key(event)
-                    if key <= feed.last:
-                        continue
-                    if feed.stream_id is not None and key != feed.last + 1:
-                        feed.resync()  # a gap: fill it from the store
-                        continue
-                    await self.send(event.frame)
-                    feed.last = key
-                elif feed.notices:
-                    await self.send(feed.notices.popleft().frame)
-                elif feed.final is not None:
-                    await self.catch_up()
-                    await self.send(feed.final.frame)
-                    raise _Closed(CloseCode.NORMAL, "archived")
+                    continue
+                frame = sub.next_frame()
+                if frame is not None:
+                    await self.send(frame)
+                    if sub.ended:
+                        raise _Closed(CloseCode.NORMAL, "archived")
+                elif sub.fallback:
+                    await sub.read()
                 else:
-                    self.control = None
-                    feed.drop_buffers()
+                    self.control = None  # idle: hold no buffers
                     break
 
     async def reader(self) -> None:
+        # Only the wait lives here (this frame stays as long as the socket): the work on
+        # a client frame is done in a call that ends with it.
         while True:
             message = await self._receive()
             if message["type"] == "websocket.disconnect":
                 return
-            text = message.get("text")
-            if text is None:
-                self.push_control(error_frame("binary_frame", "frames must be JSON text"))
-                continue
-            size = len(text) if len(text) > MAX_CLIENT_FRAME else len(text.encode(errors="replace"))
-            if size > MAX_CLIENT_FRAME:
-                self.push_control(error_frame("frame_too_large", "frame over 64 KiB"))
-                continue
+            await self.answer(message.get("text"))
+
+    async def answer(self, text: str | None) -> None:
+        """Act on one client frame; anything unusable is answered with an error frame."""
+        if text is None:
+            self.push_control(error_frame("binary_frame", "frames must be JSON text"))
+            return
+        limit = self.endpoint.max_frame
+        size = len(text) if len(text) > limit else len(text.encode(errors="replace"))
+        if size > limit:
+            self.push_control(error_frame("frame_too_large", f"frame over {_bytes_text(limit)}"))
+            return
+        try:
+            frame = json.loads(text)
+        except (ValueError, RecursionError):
+            self.push_control(error_frame("invalid_json", "frame is not valid JSON"))
+            return
+        kind = frame.get("type") if isinstance(frame, dict) else None
+        if kind == "ping":
+            self.push_control('{"type":"pong"}')
+        elif kind == "location":
             try:
-                frame = json.loads(text)
-            except (ValueError, RecursionError):
-                self.push_control(error_frame("invalid_json", "frame is not valid JSON"))
-                continue
-            kind = frame.get("type") if isinstance(frame, dict) else None
-            if kind == "ping":
-                self.push_control('{"type":"pong"}')
-            elif kind == "location":
-                try:
-                    await self.node.location(self.who, frame)
-                except HubError as exc:
-                    self.push_control(error_frame(exc.code, exc.message))
-            else:
-                self.push_control(
-                    error_frame("unknown_frame", "expected a JSON object with type ping|location")
-                )
+                lat, lng = _position(self.who, frame)
+                await self.endpoint.gps.ping(self.who.tenant, lat, lng)
+            except HubError as exc:
+                self.push_control(error_frame(exc.code, exc.message))
+        else:
+            self.push_control(
+                error_frame("unknown_frame", "expected a JSON object with type ping|location")
+            )
 
     def _writer_ended(self, _: asyncio.Task[None]) -> None:
         if self._reading and self._task is not None:
@@ -333,7 +206,7 @@ class Connection:
         task = self._task = asyncio.current_task()
         writer = self._writer = asyncio.create_task(self.writer(), name="ws-writer")
         writer.add_done_callback(self._writer_ended)
-        self.node.watch(self)
+        self.endpoint.sessions.watch(self)
         code: int | None = None
         self._reading = True
         try:
@@ -347,7 +220,7 @@ class Connection:
             code = self._failed(exc)
         finally:
             self._reading = False
-            self.node.unwatch(self)
+            self.endpoint.sessions.unwatch(self)
             writer.remove_done_callback(self._writer_ended)
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
@@ -399,119 +272,97 @@ def origin_allowed(scope: Scope, allowed: tuple[str, ...]) -> bool:
 
 
 class _Endpoint:
-    """Raw ASGI WebSocket endpoint shared by the stream and inbox paths."""
+    """Raw ASGI WebSocket endpoint shared by the stream and inbox paths.
 
-    def __init__(self, node: Node) -> None:
+    Its collaborators: the ``node`` (subscriptions), the ``sessions`` (caps and the stall
+    sweeper) and ``gps`` (where a driver's ``location`` frames go).
+    """
+
+    def __init__(self, node: Node, sessions: Sessions, gps: Gps, settings: Settings) -> None:
         self.node = node
+        self.sessions = sessions
+        self.gps = gps
+        self.settings = settings
+        self.metrics = node.metrics
+        self.tokens = node.tokens
+        # A client frame over this is answered with an error frame (the socket stays
+        # open); uvicorn's ws_max_size (1 MiB under `hub serve`) closes 1009 above it.
+        self.max_frame = settings.ws_max_frame_bytes
 
-    async def open_feed(self, who: Principal, scope: Scope, since: int) -> Feed:
+    async def open(self, who: Principal, scope: Scope, since: int) -> Subscription:
         raise NotImplementedError
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # One flat coroutine for the socket's whole life (each nested one would stay in
         # memory as long as the socket: bench scenario D).
-        node = self.node
+        metrics = self.metrics
         first = await receive()
         if first["type"] != "websocket.connect":
             return
         await send({"type": "websocket.accept"})
-        node.metrics.connections.inc()
+        metrics.connections.inc()
         try:
             admitted = await self._admit(scope, send)
             if isinstance(admitted, int):
                 code: int | None = admitted
             else:
-                who, feed, subject = admitted
+                who, sub = admitted
                 try:
-                    channel = feed.channel
-                    await node.channels.add(channel, feed)
-                    node.metrics.subscriptions.inc()
-                    try:
-                        code = await Connection(node, who, feed, send, receive).run()
-                    finally:
-                        node.metrics.subscriptions.dec()
-                        await node.channels.remove(channel, feed)
+                    code = await Connection(self, who, sub, send, receive).run()
                 finally:
-                    self._release(subject)
+                    try:
+                        await sub.close()
+                    finally:
+                        self.sessions.release(who)
         finally:
-            node.metrics.connections.dec()
+            metrics.connections.dec()
         if code is not None:
             # A stalled socket's buffer is full: the close frame waits its turn, so a
             # client that reads again (before the keepalive gives up) still sees the code.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(send({"type": "websocket.close", "code": code}), CLOSE_WAIT)
 
-    async def _admit(self, scope: Scope, send: Send) -> tuple[Principal, Feed, str] | int:
-        """Who is asking, and their feed; or the close code refusing them.
-
-        Admitted sockets count against their subject's cap until :meth:`_release`.
-        """
-        node = self.node
-        if not origin_allowed(scope, node.settings.allowed_origins):
+    async def _admit(self, scope: Scope, send: Send) -> tuple[Principal, Subscription] | int:
+        """Who is asking, and their subscription (subscribed); or the close code refusing
+        them. Admitted principals hold a place in :attr:`sessions` until released."""
+        if not origin_allowed(scope, self.settings.allowed_origins):
             return int(CloseCode.FORBIDDEN)
         query = _query(scope)
         try:
-            who = node.tokens.principal(bearer_token(scope) or query.get("token") or None)
+            who = self.tokens.principal(bearer_token(scope) or query.get("token") or None)
         except HubError:
             return int(CloseCode.UNAUTHORIZED)
-        subject = f"{who.role}:{who.tenant}"
-        open_now = node.sockets_by_subject.get(subject, 0)
-        if open_now >= node.settings.ws_max_per_token:
+        if not self.sessions.admit(who):
             return int(CloseCode.TOO_MANY)
         raw_since = query.get("since", "0") or "0"
         if not (raw_since.isascii() and raw_since.isdigit()) or len(raw_since) > 18:
+            self.sessions.release(who)
             frame = error_frame("invalid_since", "since must be an integer >= 0")
             await send({"type": "websocket.send", "text": frame})
             return int(CloseCode.POLICY_VIOLATION)
-        node.sockets_by_subject[subject] = open_now + 1
         try:
-            feed = await self.open_feed(who, scope, int(raw_since))
+            sub = await self.open(who, scope, int(raw_since))
         except HubError as exc:
-            self._release(subject)
+            self.sessions.release(who)
             refused = exc.status in (400, 403, 404)
             return int(CloseCode.FORBIDDEN if refused else CloseCode.INTERNAL_ERROR)
         except BaseException:
-            self._release(subject)
+            self.sessions.release(who)
             raise
-        return who, feed, subject
-
-    def _release(self, subject: str) -> None:
-        left = self.node.sockets_by_subject[subject] - 1
-        if left:
-            self.node.sockets_by_subject[subject] = left
-        else:
-            del self.node.sockets_by_subject[subject]
+        return who, sub
 
 
 class StreamEndpoint(_Endpoint):
     """``/ws/streams/{streamId}?since=N``: one order's channel."""
 
-    async def open_feed(self, who: Principal, scope: Scope, since: int) -> Feed:
+    async def open(self, who: Principal, scope: Scope, since: int) -> Subscription:
         stream_id = check_stream_id(scope.get("path_params", {}).get("stream_id"))
-        if who.is_platform:  # the platform may watch a stream before it exists
-            info = await self.node.store.stream_info(stream_id)
-        else:
-            info = await self.node.read(who, stream_id)
-        feed = Feed(
-            self.node,
-            stream_id=stream_id,
-            tenant=None,
-            since=since,
-            queue_max=self.node.settings.ws_queue_frames,
-        )
-        if info is not None and info.archived:
-            feed.offer(Notice(stream_id, archived_frame(stream_id), final=True))
-        return feed
+        return await open_stream(self.node, who, stream_id, since,
+                                 queue_max=self.settings.ws_queue_frames)  # fmt: skip
 
 
 class InboxEndpoint(_Endpoint):
     """``/ws/inbox?since=P``: every event of every stream the tenant is a member of."""
 
-    async def open_feed(self, who: Principal, scope: Scope, since: int) -> Feed:
-        return Feed(
-            self.node,
-            stream_id=None,
-            tenant=None if who.is_platform else who.tenant,
-            since=since,
-            queue_max=self.node.settings.ws_queue_frames,
-        )
+    async def open(self, who: Principal, scope: Scope, since: int) -> Subscription:
+        return await open_inbox(self.node, who, since, queue_max=self.settings.ws_queue_frames)

@@ -7,11 +7,11 @@ driver's location, never stored). Channels are ``stream:{streamId}``,
 
 - :class:`MemoryBroker` — this process only (``HUB_REDIS_URL`` unset).
 - ``RedisBroker`` (``hub.infra.broker.redis``) — pub/sub between instances; lossy by
-  nature, so it reports reconnects through ``on_resync`` and subscribers repair
-  every gap from the durable log.
+  nature, so it tells its :class:`Receiver` to resync after a reconnect and
+  subscribers repair every gap from the durable log.
 
-The broker never decides who may see what: it delivers to the local
-:class:`~hub.domain.channels.Channels`, which hands messages to subscribers.
+The broker never decides who may see what: it delivers to its :class:`Receiver`, the
+local :class:`~hub.domain.channels.Channels`, which hands messages to subscribers.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from __future__ import annotations
 from hub.infra.broker.base import (
     PLATFORM_INBOX,
     Broker,
-    Deliver,
     Message,
     Notice,
+    Receiver,
     inbox_channel,
     routes,
     stream_channel,
@@ -31,10 +31,10 @@ from hub.infra.broker.memory import MemoryBroker
 __all__ = [
     "PLATFORM_INBOX",
     "Broker",
-    "Deliver",
     "MemoryBroker",
     "Message",
     "Notice",
+    "Receiver",
     "inbox_channel",
     "routes",
     "stream_channel",

@@ -3,7 +3,6 @@ channel names."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -13,9 +12,9 @@ from hub.infra.store.base import AppendResult
 __all__ = [
     "PLATFORM_INBOX",
     "Broker",
-    "Deliver",
     "Message",
     "Notice",
+    "Receiver",
     "inbox_channel",
     "routes",
     "stream_channel",
@@ -45,7 +44,17 @@ class Notice:
 
 
 Message = Event | Notice
-Deliver = Callable[[str, Message], None]
+
+
+class Receiver(Protocol):
+    """Where a broker delivers: this instance's local channels
+    (:class:`~hub.domain.channels.Channels`)."""
+
+    def deliver(self, channel: str, message: Message) -> None:
+        """Hand ``message`` to the local subscribers of ``channel``; never blocks."""
+
+    def resync(self) -> None:
+        """Messages may have been lost (a reconnect): every subscriber re-reads the log."""
 
 
 def routes(result: AppendResult) -> list[tuple[str, Event]]:
@@ -72,11 +81,9 @@ class Broker(Protocol):
 
     ordered: bool
 
-    async def start(self, deliver: Deliver, on_resync: Callable[[], None]) -> None:
-        """Begin delivering messages of subscribed channels to ``deliver``.
-
-        ``on_resync`` is called when messages may have been lost (a reconnect).
-        """
+    async def start(self, receiver: Receiver) -> None:
+        """Begin delivering messages of subscribed channels to ``receiver``, and telling
+        it to resync when messages may have been lost (a reconnect)."""
 
     async def close(self) -> None:
         """Stop delivering and release connections. Idempotent."""

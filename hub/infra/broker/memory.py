@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from hub.infra.broker.base import Deliver, Notice, routes, stream_channel
+from hub.infra.broker.base import Notice, Receiver, routes, stream_channel
 from hub.infra.store.base import AppendResult
 
 __all__ = ["MemoryBroker"]
@@ -16,24 +14,24 @@ class MemoryBroker:
     ordered = True
 
     def __init__(self) -> None:
-        self._deliver: Deliver | None = None
+        self._receiver: Receiver | None = None
 
-    async def start(self, deliver: Deliver, on_resync: Callable[[], None]) -> None:
-        self._deliver = deliver
+    async def start(self, receiver: Receiver) -> None:
+        self._receiver = receiver
 
     async def close(self) -> None:
-        self._deliver = None
+        self._receiver = None
 
     def publish(self, result: AppendResult) -> None:
-        deliver = self._deliver
-        if deliver is None:
+        receiver = self._receiver
+        if receiver is None:
             return
         for channel, event in routes(result):
-            deliver(channel, event)
+            receiver.deliver(channel, event)
 
     def publish_notice(self, notice: Notice) -> None:
-        if self._deliver is not None:
-            self._deliver(stream_channel(notice.stream_id), notice)
+        if self._receiver is not None:
+            self._receiver.deliver(stream_channel(notice.stream_id), notice)
 
     async def subscribe(self, channel: str) -> None:
         return None

@@ -12,7 +12,7 @@ truth and every subscriber can re-read it:
   local subscribers for, and unsubscribes when the last one leaves;
 - one listener task per instance owns the pub/sub connection; it reconnects forever
   with backoff (redis-py's own retries give up after a few seconds) and after every
-  (re)connect asks every local subscriber to backfill from the store (``on_resync``);
+  (re)connect asks every local subscriber to backfill from the store (``Receiver.resync``);
 - a publisher that had to drop messages (its outbox overflowed during an outage) tells
   every instance to backfill, through the control channel ``hub:ctl``;
 - duplicates (an event seen by backfill and by Redis) are dropped by ``seq``/``pos``, and
@@ -72,7 +72,7 @@ from redis.exceptions import AskError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from hub.events import Event
-from hub.infra.broker.base import Deliver, Message, Notice, routes
+from hub.infra.broker.base import Message, Notice, Receiver, routes
 from hub.infra.broker.cluster import CLIENT_OPTIONS, Rerouted, Topology, by_slot
 from hub.infra.store.base import AppendResult
 from hub.metrics import Metrics
@@ -147,8 +147,7 @@ class RedisBroker:
         self.max_outbox = max_outbox
         self.instance = secrets.token_hex(4).encode()
         self._client: aioredis.Redis | None = None
-        self._deliver: Deliver | None = None
-        self._on_resync: Callable[[], None] | None = None
+        self._receiver: Receiver | None = None  # this instance's channels (see start)
         self._channels: set[str] = set()
         self._confirm: dict[str, asyncio.Future[None]] = {}
         self._late: set[str] = set()  # subscribed past CONFIRM_TIMEOUT: resync once confirmed
@@ -177,9 +176,8 @@ class RedisBroker:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    async def start(self, deliver: Deliver, on_resync: Callable[[], None]) -> None:
-        self._deliver = deliver
-        self._on_resync = on_resync
+    async def start(self, receiver: Receiver) -> None:
+        self._receiver = receiver
         self._client = aioredis.from_url(self.url, **CLIENT_OPTIONS)
         self._tasks = [
             asyncio.create_task(self._listen(), name="hub-redis-listener"),
@@ -230,16 +228,16 @@ class RedisBroker:
         self._outbox_ready.set()
 
     def publish(self, result: AppendResult) -> None:
-        deliver = self._deliver
+        receiver = self._receiver
         for channel, event in routes(result):
-            if deliver is not None:
-                deliver(channel, event)
+            if receiver is not None:
+                receiver.deliver(channel, event)
             self._queue(channel, EVENT + self.instance + event.json.encode())
 
     def publish_notice(self, notice: Notice) -> None:
         channel = "stream:" + notice.stream_id
-        if self._deliver is not None:
-            self._deliver(channel, notice)
+        if self._receiver is not None:
+            self._receiver.deliver(channel, notice)
         kind = FINAL if notice.final else NOTICE
         self._queue(channel, kind + self.instance + notice.frame.encode())
 
@@ -472,22 +470,25 @@ class RedisBroker:
         if self._ever_connected and self.metrics is not None:
             self.metrics.redis_reconnects.inc()
         self._ever_connected = True
-        if self._on_resync is not None:
-            self._on_resync()  # backfill whatever Redis may have lost
+        self._resync()  # backfill whatever Redis may have lost
 
     def _confirmed(self, name: str) -> None:
         """A (S)SUBSCRIBE confirmation other than the session's first hub:ctl ones."""
         if self._resync_after > 0:
             self._resync_after -= 1
-            if self._resync_after == 0 and self._on_resync is not None:
-                self._on_resync()
+            if self._resync_after == 0:
+                self._resync()
         fut = self._confirm.pop(name, None) if name else None
         if fut is not None and not fut.done():
             fut.set_result(None)
         if name in self._late:
             self._late.discard(name)
-            if self._on_resync is not None:
-                self._on_resync()
+            self._resync()
+
+    def _resync(self) -> None:
+        """Messages may have been lost: every local subscriber re-reads the log."""
+        if self._receiver is not None:
+            self._receiver.resync()
 
     async def _session(self) -> None:
         """One pub/sub connection's life: subscribe everything, resync, relay messages."""
@@ -604,10 +605,11 @@ class RedisBroker:
         if origin == self.instance:
             return  # delivered locally already
         if name == self.ctl:
-            if kind == RESYNC and self._on_resync is not None:
-                self._on_resync()
+            if kind == RESYNC:
+                self._resync()
             return
-        if self._deliver is None or not name.startswith(self.prefix):
+        receiver = self._receiver
+        if receiver is None or not name.startswith(self.prefix):
             return
         channel = name[len(self.prefix) :]
         message: Message
@@ -621,4 +623,4 @@ class RedisBroker:
         except (ValueError, KeyError, TypeError):
             log.warning("dropping a malformed message on %s", name)
             return
-        self._deliver(channel, message)
+        receiver.deliver(channel, message)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from hub.infra.store.base import (
     SCHEMA,
     AppendResult,
-    CommitHook,
+    CommitListener,
     NotFirstEvent,
     Store,
     StreamArchived,
@@ -32,7 +32,7 @@ from hub.infra.store.base import (
 __all__ = [
     "SCHEMA",
     "AppendResult",
-    "CommitHook",
+    "CommitListener",
     "NotFirstEvent",
     "Store",
     "StreamArchived",

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -13,7 +13,7 @@ from hub.events import TENANT_ID_RE, Event, NewEvent, Opcode
 __all__ = [
     "SCHEMA",
     "AppendResult",
-    "CommitHook",
+    "CommitListener",
     "NotFirstEvent",
     "Store",
     "StreamArchived",
@@ -183,24 +183,25 @@ class AppendResult:
     members: dict[str, int]  # the stream's members after the append -> joined at pos
 
 
-CommitHook = Callable[[AppendResult], None]
+class CommitListener(Protocol):
+    """Who hears of every commit of a :class:`Store` (the node, which fans them out)."""
+
+    def committed(self, result: AppendResult) -> None:
+        """An append committed new events. Called on the event loop, in commit order,
+        before the appending caller is answered (so fan-out never depends on the caller
+        still being there); must not block. An exception is logged, not raised."""
 
 
 class Store(Protocol):
-    """The streams DB. Every method is safe to call concurrently.
+    """The streams DB. Every method is safe to call concurrently."""
 
-    ``on_commit``, when set, is called on the event loop with every append that
-    committed new events, in commit order, before the appending caller is answered
-    (so fan-out never depends on the caller still being there).
-    """
-
-    on_commit: CommitHook | None
-
-    async def open(self) -> None:
-        """Connect and create the schema if needed."""
+    async def open(self, listener: CommitListener | None = None) -> None:
+        """Connect and create the schema if needed; from now on tell ``listener`` of
+        every append that commits new events (see :class:`CommitListener`)."""
 
     async def close(self) -> None:
-        """Finish pending work and release every connection. Idempotent."""
+        """Stop telling the listener, finish pending work and release every
+        connection. Idempotent."""
 
     async def append(
         self, stream_id: str, events: Sequence[NewEvent], *, first: bool = False

@@ -41,7 +41,7 @@ from hub.infra.store.base import (
     SELECT_STREAM,
     SELECT_STREAM_ROW,
     AppendResult,
-    CommitHook,
+    CommitListener,
     NotFirstEvent,
     StreamArchived,
     StreamInfo,
@@ -150,15 +150,15 @@ class _Append(_Write):
 _Read = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
 
 
-def _settle(batch: list[_Write], hook: CommitHook | None) -> None:
-    """Publish, then answer every caller of one group commit (runs on the event loop)."""
-    if hook is not None:
+def _settle(batch: list[_Write], listener: CommitListener | None) -> None:
+    """Tell the listener, then answer every caller of one group commit (on the event loop)."""
+    if listener is not None:
         for req in batch:
             if isinstance(req.result, AppendResult) and req.result.new:
                 try:
-                    hook(req.result)
+                    listener.committed(req.result)
                 except Exception:
-                    log.exception("commit hook failed")
+                    log.exception("commit listener failed")
     for req in batch:
         if req.future.done():  # the caller went away; the commit stands
             continue
@@ -245,11 +245,12 @@ class FileStore:
         self._closed = False
         self._stopped: asyncio.Future[None] | None = None
         self.commits = 0  # group commits done (for metrics and tests)
-        self.on_commit: CommitHook | None = None
+        self._listener: CommitListener | None = None  # told of every commit (see open)
 
     # -- lifecycle ---------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, listener: CommitListener | None = None) -> None:
+        self._listener = listener
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._create_schema)
         started: list[asyncio.Future[None]] = []
@@ -279,6 +280,7 @@ class FileStore:
             conn.close()
 
     async def close(self) -> None:
+        self._listener = None
         if self._closed:
             return
         self._closed = True
@@ -369,7 +371,7 @@ class FileStore:
                     self._pending -= len(batch)
                 assert self._loop is not None
                 with contextlib.suppress(RuntimeError):
-                    self._loop.call_soon_threadsafe(_settle, batch, self.on_commit)
+                    self._loop.call_soon_threadsafe(_settle, batch, self._listener)
                 if stop:
                     return
         finally:

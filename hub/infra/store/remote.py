@@ -29,9 +29,9 @@ them, because every request costs a network round trip:
   stream had events before: :class:`~hub.infra.store.NotFirstEvent`). SQLite names the
   column in its message, which tells the two apart. They run after the inserts, so a
   retried event is recognized as a retry first, as in the embedded store.
-- **The commit hook sees commit order.** Answers to concurrent appends may come back
+- **The commit listener sees commit order.** Answers to concurrent appends may come back
   in any order (several HTTP connections; streams served concurrently), yet
-  ``on_commit`` must see appends in the order they committed (``pos`` order: the
+  the commit listener must see appends in the order they committed (``pos`` order: the
   database has one writer). An answer is held until every append that was in flight
   when it arrived has been answered (any append that committed before it was among
   those), then the held answers are handed on sorted by ``pos``. The caller is
@@ -42,7 +42,7 @@ A batch refused with ``SQLITE_BUSY`` (another connection holds the write lock) w
 rolled back whole, so it is run again after a short pause (:data:`BUSY_RETRY_S`).
 Every other database or network failure is reported as :class:`~hub.errors.Unavailable`
 (503, retry), and so is a request that takes longer than :data:`REQUEST_TIMEOUT_S`. An
-append that timed out may have committed (it is then not handed to ``on_commit``;
+append that timed out may have committed (it is then not handed to the listener;
 stream subscribers see the ``seq`` gap and re-read the log), which is why clients
 retry with the same event ids.
 """
@@ -69,7 +69,7 @@ from hub.infra.store.base import (
     SELECT_STREAM,
     SELECT_STREAM_ROW,
     AppendResult,
-    CommitHook,
+    CommitListener,
     NotFirstEvent,
     StreamArchived,
     StreamInfo,
@@ -159,7 +159,7 @@ class RemoteStore:
             # libsql-client's own file: mode would run sqlite3 on the event loop.
             raise ValueError(f"RemoteStore needs a libsql:, ws(s): or http(s): URL, not {url!r}")
         self.url = url
-        self.on_commit: CommitHook | None = None
+        self._listener: CommitListener | None = None  # told of every commit (see open)
         self._auth_token = auth_token
         self._client: Any = None  # a libsql_client.Client while open
         self._closed = False
@@ -168,9 +168,10 @@ class RemoteStore:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, listener: CommitListener | None = None) -> None:
         if self._closed:
             raise Unavailable("the streams store is closed")
+        self._listener = listener
         if self._client is not None:
             return
         try:
@@ -187,6 +188,7 @@ class RemoteStore:
     async def close(self) -> None:
         """Refuse new work, let appends in flight finish (or cancel them), disconnect."""
         self._closed = True
+        self._listener = None
         tasks = set(self._tasks)
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
@@ -199,12 +201,12 @@ class RemoteStore:
             await _close_client(client)
 
     def _publish(self, result: AppendResult) -> None:
-        hook = self.on_commit
-        if hook is not None:
+        listener = self._listener
+        if listener is not None:
             try:
-                hook(result)
+                listener.committed(result)
             except Exception:
-                log.exception("commit hook failed")
+                log.exception("commit listener failed")
 
     # -- requests ------------------------------------------------------------------
 
@@ -259,7 +261,7 @@ class RemoteStore:
         if len({e.id for e in events}) != len(events):
             raise Unprocessable("duplicate event id in batch")
         # The store's task, so that a caller going away stops neither the commit nor
-        # its hand-over to on_commit.
+        # its hand-over to the listener.
         task = asyncio.create_task(self._append(stream_id, events, first))
         self._tasks.add(task)
         task.add_done_callback(self._finished)

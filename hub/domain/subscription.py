@@ -1,0 +1,254 @@
+"""One subscription's delivery state, whatever transport carries it (WebSocket, SSE).
+
+A :class:`Subscription` follows one stream (by ``seq``) or one inbox (by ``pos``) and
+decides what its subscriber is sent next, so that it gets every committed event exactly
+once and in order (CONTRACT §5). The order of work is what makes resume exact:
+
+1. :func:`open_stream` / :func:`open_inbox` authorize, then subscribe to the live channel
+   first (live events meanwhile are left to the log: ``fallback`` is set);
+2. :meth:`Subscription.read` replays from the log every event after ``since``, page by page;
+3. then comes the ``live`` frame, then each live event as it is offered, skipping
+   anything at or below the last ``seq``/``pos`` sent.
+
+Overflow policy: a subscriber whose queue fills (``queue_max`` live events) has its queued
+events dropped and is fed from the log at the pace its transport sends (it loses
+nothing). A gap in a stream's live events (a ``seq`` jump) and a broker's resync (Redis
+reconnected: messages may be lost) are filled from the log the same way. When the stream
+is archived (a ``final`` notice), what follows ``last`` is read from the archive, then the
+``archived`` frame ends the subscription.
+
+The transport owns the sending and nothing else; its writer is this loop (one writer per
+subscription, never two at once)::
+
+    while True:
+        await sub.wait()                  # until something was offered
+        while True:
+            frame = sub.next_frame()      # from memory: a page, the queue, notices
+            if frame is not None:
+                await send(frame)
+                if sub.ended:             # that was the "archived" frame
+                    close(1000)
+            elif sub.fallback:
+                await sub.read()          # the next page from the log
+            else:
+                break                     # idle: the subscription holds no buffers now
+
+and :meth:`Subscription.close` unsubscribes. Offering never blocks: the broker's
+delivery calls :meth:`Subscription.offer` for every subscriber of a channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+
+from hub.domain.archiver import archived_frame
+from hub.domain.auth import Principal
+from hub.domain.node import Node
+from hub.events import Event
+from hub.infra.broker import Message, Notice, inbox_channel, stream_channel
+
+__all__ = ["NOTICE_MAX", "REPLAY_PAGE", "Subscription", "open_inbox", "open_stream"]
+
+REPLAY_PAGE = 500  # events read from the log per page
+NOTICE_MAX = 64  # location frames waiting (oldest dropped first)
+
+
+class Subscription:
+    """One subscriber's delivery state: a stream (by ``seq``) or an inbox (by ``pos``).
+
+    An idle subscription holds no buffers: its queues and pages are made when needed and
+    dropped once sent (most subscribers wait far longer than they receive).
+    """
+
+    __slots__ = ("_announced", "_page", "_waiter", "ended", "fallback", "final", "hints_only",
+                 "last", "node", "notices", "pending", "queue", "queue_max", "resynced",
+                 "stream_id", "tenant")  # fmt: skip
+
+    def __init__(
+        self,
+        node: Node,
+        *,
+        stream_id: str | None,
+        tenant: str | None,
+        since: int,
+        queue_max: int,
+    ) -> None:
+        self.node = node
+        self.stream_id = stream_id  # None: an inbox
+        self.tenant = tenant  # inbox owner; None with stream_id None: the platform's inbox
+        self.last = since  # the last seq (stream) or pos (inbox) sent
+        self.queue: deque[Event] | None = None  # live events not sent yet
+        self.queue_max = queue_max
+        self.notices: deque[Notice] | None = None  # location frames (oldest dropped first)
+        self.final: Notice | None = None  # the stream was archived: the last frame
+        self.ended = False  # the final frame was handed out
+        self.fallback = True  # read from the log before anything else (first: the replay)
+        self.resynced = False  # the next read fills what the broker may have lost
+        self.pending = True  # something for the writer to look at (first: the replay)
+        self._announced = False  # the "live" frame was handed out (or skipped: final)
+        self._page: list[Event] | None = None  # events read from the log, last first
+        self._waiter: asyncio.Future[None] | None = None  # only while the writer waits
+        # Inbox events of several instances may arrive out of pos order: read them
+        # from the log (in pos order) instead of trusting the live order.
+        self.hints_only = stream_id is None and not node.ordered
+
+    @property
+    def channel(self) -> str:
+        if self.stream_id is not None:
+            return stream_channel(self.stream_id)
+        return inbox_channel(self.tenant)
+
+    async def close(self) -> None:
+        """Unsubscribe (the transport is done with it)."""
+        await self.node.unsubscribe(self.channel, self)
+
+    # -- what arrives (Subscriber, called by the channels; never blocks) ----------------
+
+    def offer(self, message: Message) -> None:
+        if isinstance(message, Notice):
+            if message.final:
+                self.final = message
+                self.fallback = True  # the rest is in the archive: read it before the end
+            else:
+                if self.notices is None:
+                    self.notices = deque(maxlen=NOTICE_MAX)
+                self.notices.append(message)
+        elif self.fallback:
+            return  # the next read of the log has it
+        elif self.hints_only:
+            if message.pos <= self.last:  # an inbox's (only inboxes take hints)
+                return
+            self.fallback = True
+        elif self.queue is None:
+            self.queue = deque((message,))
+        elif len(self.queue) >= self.queue_max:
+            self.queue = None  # overflow: drop what is queued, feed from the log
+            self.fallback = True
+            self.node.metrics.slow_fallbacks.inc()
+        else:
+            self.queue.append(message)
+        self.wake()
+
+    def resync(self) -> None:
+        """Messages may have been lost upstream: read from the log again."""
+        self.queue = None
+        self.fallback = True
+        self.resynced = True
+        self.wake()
+
+    # -- what leaves (called by the transport's writer) ---------------------------------
+
+    def wake(self) -> None:
+        """Have the writer look again (also for frames of the transport's own)."""
+        self.pending = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until there is something for the writer (at once if there already is)."""
+        if not self.pending:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        self.pending = False
+
+    def next_frame(self) -> str | None:
+        """The next frame to send, from memory; None when there is none: then either
+        ``fallback`` is set (call :meth:`read`) or the subscription is idle."""
+        page = self._page
+        if page:  # a page of the log goes out whole before anything else
+            event = page.pop()
+            if not page:
+                self._page = None
+            self.last = event.seq if self.stream_id is not None else event.pos
+            return event.frame
+        if self.fallback:
+            return None
+        if not self._announced:
+            self._announced = True
+            if self.final is None:
+                return self.live_frame()
+        queue = self.queue
+        while queue:
+            event = queue.popleft()
+            if self.stream_id is None:
+                key = event.pos
+            else:
+                key = event.seq
+                if key > self.last + 1:
+                    self.resync()  # a gap: fill it from the log
+                    return None
+            if key > self.last:
+                self.last = key
+                return event.frame
+        if self.notices:
+            return self.notices.popleft().frame
+        if self.final is not None:
+            self.ended = True
+            return self.final.frame
+        self.queue = self.notices = None  # idle: hold no buffers
+        return None
+
+    async def read(self) -> None:
+        """Read the next page after ``last`` from the log (the replay, an overflow, a gap,
+        a resync, the archive before the final frame); :meth:`next_frame` hands it out."""
+        self.fallback = False  # live events offered from now on are queued
+        backfill, self.resynced = self.resynced, False
+        node = self.node
+        if self.stream_id is None:
+            rows = await node.read_inbox(self.tenant, self.last, REPLAY_PAGE)
+        else:
+            archived = self.final is not None
+            rows = await node.read_events(self.stream_id, self.last, REPLAY_PAGE,
+                                          archived=archived)  # fmt: skip
+        if len(rows) >= REPLAY_PAGE:
+            self.fallback = True  # more to read once this page is sent
+        if backfill and rows:
+            node.metrics.backfilled.inc(len(rows))
+        elif backfill and self.stream_id is not None and self.final is None:
+            # Nothing to fill: the "archived" notice may be what was lost. Ask the store.
+            info = await node.stream_info(self.stream_id)
+            if info is not None and info.archived:
+                self.offer(Notice(self.stream_id, archived_frame(self.stream_id), final=True))
+        if rows:
+            rows.reverse()
+            self._page = rows
+
+    def live_frame(self) -> str:
+        if self.stream_id is not None:
+            return json.dumps({"type": "live", "streamId": self.stream_id, "seq": self.last})
+        return json.dumps({"type": "live", "pos": self.last})
+
+
+async def open_stream(
+    node: Node, who: Principal, stream_id: str, since: int, *, queue_max: int
+) -> Subscription:
+    """Subscribe ``who`` to one stream's events after ``seq`` ``since``.
+
+    Members and the platform only (else :class:`~hub.errors.Forbidden`); the platform may
+    subscribe to a stream that does not exist yet. An archived stream's subscription
+    sends what follows ``since`` from the archive, then its final frame.
+    """
+    if who.is_platform:
+        info = await node.stream_info(stream_id)
+    else:
+        info = await node.read(who, stream_id)
+    sub = Subscription(node, stream_id=stream_id, tenant=None, since=since, queue_max=queue_max)
+    if info is not None and info.archived:
+        sub.offer(Notice(stream_id, archived_frame(stream_id), final=True))
+    await node.subscribe(sub.channel, sub)
+    return sub
+
+
+async def open_inbox(node: Node, who: Principal, since: int, *, queue_max: int) -> Subscription:
+    """Subscribe ``who`` to its inbox after ``pos`` ``since``: every event of the streams
+    it is a member of (every stream for the platform)."""
+    tenant = None if who.is_platform else who.tenant
+    sub = Subscription(node, stream_id=None, tenant=tenant, since=since, queue_max=queue_max)
+    await node.subscribe(sub.channel, sub)
+    return sub
