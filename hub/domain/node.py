@@ -179,6 +179,14 @@ class Node:
         """Which of the opcodes ``among`` the stream's stored events have."""
         return await self.store.stream_opcodes(stream_id, among)
 
+    async def find_streams(self, *, having: int | None = None, lacking: int | None = None,
+                           member: str | None = None, limit: int = 1000) -> list[str]:  # fmt: skip
+        """Ids of live streams with an event of opcode ``having``, none of ``lacking``, and
+        ``member`` among their members (each test skipped when None), oldest first."""
+        return await self.store.find_streams(
+            having=having, lacking=lacking, member=member, limit=limit
+        )
+
     async def healthy(self, timeout: float = 2.0) -> dict[str, str]:
         """Check each dependency; the streams DB answering is what makes the hub healthy."""
         checks: dict[str, str] = {}

@@ -91,7 +91,7 @@ class Dispatch:
 
     async def assign_waiting(self) -> None:
         """Offer idle drivers to orders that are ready and still have none, oldest first."""
-        waiting = await self.node.store.find_streams(
+        waiting = await self.node.find_streams(
             having=Opcode.TASK_DONE, lacking=Opcode.TASK_ASSIGN, limit=100
         )
         for order_id in waiting:
@@ -117,7 +117,7 @@ class Dispatch:
         for driver, order_id in await self.db.claims():
             try:
                 events = await read_events(self.node, order_id)
-                info = await self.node.store.stream_info(order_id)
+                info = await self.node.stream_info(order_id)
                 delivered = any(e.opcode == Opcode.ORDER_DELIVER for e in events) or bool(
                     info and info.archived
                 )

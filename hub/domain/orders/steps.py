@@ -88,7 +88,7 @@ class Orders:
     async def _member_state(self, who: Principal, order_id: str, step: str) -> OrderState:
         """The order, if ``who`` may take ``step`` and is the order's party for it."""
         check_may(who, step)
-        info = await self.node.store.stream_info(order_id) if STREAM_ID_RE.match(order_id) else None
+        info = await self.node.stream_info(order_id) if STREAM_ID_RE.match(order_id) else None
         if info is None or (not who.is_platform and who.tenant not in info.members):
             raise Forbidden("not a member of this order")
         if info.archived:
@@ -164,7 +164,7 @@ class Orders:
         order_id = order.order_id
         if order_id is None:
             order_id = f"ord-{secrets.token_hex(5)}"
-        if await self.node.store.stream_info(order_id) is not None:
+        if await self.node.stream_info(order_id) is not None:
             existing = await load(self.node, order_id)
             if existing.customer != who.tenant:
                 raise Forbidden("ORDER_CREATE may only open a new stream")

@@ -38,11 +38,8 @@ def step_event(order_id: str, step: str, opcode: int, payload: Mapping[str, Any]
 
 
 async def read_events(node: Node, order_id: str, *, archived: bool = False) -> list[Event]:
-    """The order's events, from the streams DB or (``archived``) from the archive."""
-    if archived:
-        archive = node.archive
-        return (await archive.get(order_id) if archive is not None else None) or []
-    return await node.store.read_stream(order_id, 0, READ_MAX)
+    """The order's events (at most :data:`READ_MAX`), live or from the archive."""
+    return await node.read_events(order_id, 0, READ_MAX, archived=archived)
 
 
 async def load(node: Node, order_id: str) -> OrderState:
