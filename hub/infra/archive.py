@@ -50,6 +50,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
+
 from hub.config import SettingsError
 from hub.errors import Unavailable
 from hub.events import STREAM_ID_RE, Event
@@ -156,8 +158,8 @@ def _decode_event(obj: object, stream_id: str) -> Event:
         node_id=_opt_str(obj, "nodeId", stream_id),
         point_id=_opt_str(obj, "pointId", stream_id),
         delta=float(delta),
-        # The same encoding as hub.events.parse_draft, so Event.json round-trips.
-        payload=json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
+        # The same encoder as hub.events.parse_draft, so Event.json round-trips exactly.
+        payload=msgspec.json.encode(payload).decode(),
         ts=_str(obj, "ts", stream_id),
     )
 
