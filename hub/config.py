@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hub.events import MAX_BATCH, MAX_PAYLOAD_BYTES
+
 __all__ = ["Settings", "SettingsError"]
 
 
@@ -91,10 +93,10 @@ class Settings:
     delivery_fee: float = 5.00
     driver_payout: float = 12.00
 
-    # Limits and timeouts (additions to the contract; see README "Limits").
+    # Limits and timeouts (additions to the contract; docs/protocol.md §8).
     max_body_bytes: int = 1 << 20
-    max_payload_bytes: int = 64 << 10
-    max_batch: int = 100
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES  # the event model's limits (hub.events)
+    max_batch: int = MAX_BATCH
     ws_stall_timeout: float = 30.0
     ws_queue_frames: int = 1024
     # A client frame over this (UTF-8 bytes) is answered with an error frame and the
