@@ -87,7 +87,7 @@ TARGET_B_P99_MS = 10.0  # p99 commit -> receipt, orders scenario
 
 
 def issue_token(secret: str, tenant: str, role: str) -> str:
-    """A hub token (CONTRACT §2: HS256, ``sub`` and ``role``), as ``hub.domain.auth.issue_token`` makes.
+    """A hub token (docs/protocol.md §2: HS256, ``sub`` and ``role``), as ``hub.domain.auth.issue_token`` makes.
 
     Made here rather than imported so the bench also runs an exported ``--hub-rev``.
     """

@@ -1,4 +1,4 @@
-"""Settings: every knob of the hub, read once from the environment (CONTRACT §1).
+"""Settings: every knob of the hub, read once from the environment (docs/protocol.md §1).
 
 ``Settings.from_env()`` is the only place that reads ``os.environ``; the result is
 frozen and passed down to :func:`hub.edge.app.create_app`.
@@ -76,7 +76,7 @@ def _load_or_create_secret(data_dir: Path) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """The hub's configuration. Defaults match CONTRACT §1."""
+    """The hub's configuration. Defaults match docs/protocol.md §1."""
 
     data_dir: Path = Path("./data")
     streams_db: str = ""

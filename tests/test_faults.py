@@ -1,4 +1,4 @@
-"""Faults under load (CONTRACT §3, §5 "The guarantee"; issue 6): real hub processes killed,
+"""Faults under load (docs/protocol.md §3, §5 "The guarantee"; issue 6): real hub processes killed,
 stopped, cut off from Redis, locked out of their streams DB and from their archive while
 clients write and read.
 
@@ -75,7 +75,7 @@ PLATFORM = auth("ops", "platform")
 ALI = auth("ali", "customer")
 KITCHEN = auth("bab-hara", "restaurant")
 RAMI = auth("rami", "driver")
-SHUTDOWN_CODES = {1001, 1012}  # CONTRACT §5: the hub is shutting down, reconnect
+SHUTDOWN_CODES = {1001, 1012}  # docs/protocol.md §5: the hub is shutting down, reconnect
 GRACEFUL_TIMEOUT = 5.0  # HubProcess runs ``hub serve --graceful-timeout 5``
 BUSY_TIMEOUT = BUSY_TIMEOUT_S  # how long an append waits for another process's write lock
 
@@ -315,7 +315,7 @@ async def append_until_acked(c: httpx.AsyncClient, sid: str, drafts: list[Frame]
                              *, retry: bool = True, resent: bool = False,
                              seconds: float = 60) -> int | None:  # fmt: skip
     """POST a batch until it is acknowledged, retrying the SAME ids and content after a
-    dropped connection or a 503 (CONTRACT §3: a retry returns the stored events); returns
+    dropped connection or a 503 (docs/protocol.md §3: a retry returns the stored events); returns
     the status that acknowledged it (``resent``: an earlier attempt went unanswered). With
     ``retry=False`` a batch that got no answer is given up on (``tally.abandoned``, returns
     None) and the writer waits for the hub to answer again."""

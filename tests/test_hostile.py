@@ -7,7 +7,7 @@
 2. Hypothesis throws arbitrary frames at a stream socket: each gets an error frame (or a
    pong), the hub never falls over.
 3. Every limit is checked on both sides of its boundary.
-4. The access matrix of CONTRACT §2 for every endpoint and both socket paths, stream
+4. The access matrix of docs/protocol.md §2 for every endpoint and both socket paths, stream
    existence cannot be probed (status, body or timing), and no id escapes the data dir;
    an order a customer wrote by hand (the generic event API allows it) cannot crash the
    kitchen's steps or restock the restaurant.

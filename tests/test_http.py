@@ -1,4 +1,4 @@
-"""The HTTP API against a real hub (CONTRACT §2-§4): access, events, bad input, health.
+"""The HTTP API against a real hub (docs/protocol.md §2-§4): access, events, bad input, health.
 
 One hub serves the whole module. Every refused request is checked to have written
 nothing: the ``hub_db_writes_total{target="streams"}`` counter is unchanged and the
@@ -39,7 +39,7 @@ OPCODES = {
     502: "ORDER_SHIP",
     503: "ORDER_DELIVER",
 }
-# Who may append what through the generic event API (CONTRACT §2); the platform: all.
+# Who may append what through the generic event API (docs/protocol.md §2); the platform: all.
 ALLOWED = {
     "customer": {501, 203},
     "restaurant": {301, 303, 305, 102},

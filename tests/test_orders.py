@@ -1,4 +1,4 @@
-"""The seed's order flow against a real hub (CONTRACT §4, §5; the seed's Steps 0-11).
+"""The seed's order flow against a real hub (docs/protocol.md §4, §5; the seed's Steps 0-11).
 
 Every hub here is a real ``hub serve`` process on a data dir loaded by ``hub seed``; the
 assertions read the hub's SQLite files directly (read-only, as a seed-style SQL reader

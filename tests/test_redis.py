@@ -1,4 +1,4 @@
-"""Hub instances linked through a real Redis (CONTRACT §5, "The guarantee"): cross-instance
+"""Hub instances linked through a real Redis (docs/protocol.md §5, "The guarantee"): cross-instance
 delivery and its latency, concurrent writers on two instances, a Redis outage, killed
 pub/sub connections, per-channel subscriptions, resume on another instance, sockets that
 come and go while an instance re-subscribes, an overflowing publisher, and archiving seen

@@ -1,6 +1,6 @@
 """The hub's WebSocket protocol as an AsyncAPI 3.0 document (served at ``GET /asyncapi.json``).
 
-Two channels, ``/ws/streams/{streamId}`` and ``/ws/inbox`` (CONTRACT §5). The document is
+Two channels, ``/ws/streams/{streamId}`` and ``/ws/inbox`` (docs/protocol.md §5). The document is
 written from the hub's point of view: ``send`` operations are the frames the hub sends,
 ``receive`` operations the frames it takes from clients. Every message's payload schema
 is generated from the frame Structs of :mod:`hub.edge.wire.frames`; the close codes
@@ -112,9 +112,9 @@ def _document() -> dict[str, Any]:
         "info": {
             "title": "hub WebSocket protocol",
             "version": "0.1.0",
-            "description": "JSON text frames, each an object whose `type` says which (CONTRACT"
-            " §5). A subscriber that reconnects with the last `seq` (or `pos`) it saw as"
-            " `since` receives every committed event exactly once and in order. " + AUTH
+            "description": "JSON text frames, each an object whose `type` says which"
+            " (docs/protocol.md §5). A subscriber that reconnects with the last `seq`"
+            " (or `pos`) it saw as `since` receives every committed event exactly once and in order. " + AUTH
             + " The HTTP API is described at /openapi.json.",
         },
         "defaultContentType": "application/json",

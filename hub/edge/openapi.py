@@ -281,7 +281,7 @@ def _document() -> dict[str, Any]:
         "info": {
             "title": "hub",
             "version": "0.1.0",
-            "description": "A real-time stream hub for delivery platforms (see CONTRACT.md)."
+            "description": "A real-time stream hub for delivery platforms (see docs/protocol.md)."
             ' Errors are {"error": {"code", "message"}}. The WebSocket protocol is described'
             " at /asyncapi.json.",
         },

@@ -1,8 +1,8 @@
-"""The archive of finished streams (seed Step 11, CONTRACT §1 ``HUB_ARCHIVE_URL``).
+"""The archive of finished streams (seed Step 11, docs/protocol.md §1 ``HUB_ARCHIVE_URL``).
 
 When an order is done its stream is written to the archive as one object,
 ``{prefix}/{streamId}.json``: a JSON array of the stream's events, each exactly
-:attr:`hub.events.Event.json` (the CONTRACT §3 fields, so archived events keep
+:attr:`hub.events.Event.json` (the docs/protocol.md §3 fields, so archived events keep
 their ``seq`` and ``pos``). Only after :meth:`Archive.put` has returned, which
 means the object was written *and read back byte for byte*, may the caller delete
 the events from the streams DB. :meth:`Archive.get` turns the object back into
@@ -33,7 +33,7 @@ object is either absent or complete.
 Every failure of the store (unreachable, refused, missing bucket, full disk, a
 corrupt object) raises :class:`ArchiveError`, an
 :class:`~hub.errors.Unavailable` (HTTP 503): the caller keeps the events and
-retries later. A stream id that does not match the CONTRACT §2 pattern raises
+retries later. A stream id that does not match the docs/protocol.md §2 pattern raises
 :class:`ValueError` before it can become a file name or an object key.
 """
 

@@ -2,7 +2,7 @@
 
 Every tenant (a customer, a restaurant, a driver) has its own database at the URL
 template ``HUB_TENANT_DB`` (``{tenant}`` replaced by the tenant id, which is checked
-against CONTRACT §2's pattern first so it never escapes the data dir). The public DB
+against docs/protocol.md §2's pattern first so it never escapes the data dir). The public DB
 (``HUB_PUBLIC_DB``, "Turso cloud" in the seed) lists drivers for discovery, with a
 ``workspaceId`` column naming the tenant each row belongs to.
 

@@ -40,7 +40,7 @@ __all__ = [
 T = TypeVar("T")
 
 # The order flow's own table: the status each opcode moves an order to; the statuses in
-# step order; an order's status as a wire type (CONTRACT §4).
+# step order; an order's status as a wire type (docs/protocol.md §4).
 ORDER_STATUS: dict[int, str] = {int(k): v for k, v in rules.ORDER_STATUS.items()}
 ORDER_STATUSES: tuple[str, ...] = rules.STATUSES
 

@@ -50,7 +50,7 @@ Timestamp = Annotated[
 
 
 class StoredEvent(Struct, forbid_unknown_fields=True, rename="camel"):
-    """A committed event (CONTRACT §3)."""
+    """A committed event (docs/protocol.md §3)."""
 
     id: str
     stream_id: str
@@ -99,6 +99,6 @@ class ErrorDetail(Struct, forbid_unknown_fields=True):
 
 
 class Error(Struct, forbid_unknown_fields=True):
-    """The error body of every refusal (CONTRACT §4)."""
+    """The error body of every refusal (docs/protocol.md §4)."""
 
     error: ErrorDetail

@@ -1,4 +1,4 @@
-"""Wire shapes of the WebSocket protocol (CONTRACT §5): every frame, both directions, and
+"""Wire shapes of the WebSocket protocol (docs/protocol.md §5): every frame, both directions, and
 what each close code means.
 
 Frames are JSON text objects told apart by ``type`` (the Structs' tag). The hub builds the

@@ -12,7 +12,7 @@ Both keep the seed's columns (``id``, ``streamId``, ``opcode``, ``nodeId``,
 ``pointId``, ``delta``, ``payload``, ``ts``) plus ``seq`` (per stream, 1..n, no gaps)
 and ``pos`` (global, AUTOINCREMENT so never reused after deletes), a ``streams``
 table holding each stream's last ``seq`` (kept after archiving), and ``members``:
-who may read a stream, from which event on (CONTRACT §2).
+who may read a stream, from which event on (docs/protocol.md §2).
 """
 
 from __future__ import annotations
