@@ -114,7 +114,8 @@ def _document() -> dict[str, Any]:
             "version": "0.1.0",
             "description": "JSON text frames, each an object whose `type` says which"
             " (docs/protocol.md §5). A subscriber that reconnects with the last `seq`"
-            " (or `pos`) it saw as `since` receives every committed event exactly once and in order. " + AUTH
+            " (or `pos`) it saw as `since` receives every committed event exactly once and"
+            " in order. " + AUTH
             + " The HTTP API is described at /openapi.json.",
         },
         "defaultContentType": "application/json",
