@@ -229,3 +229,31 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()
+
+
+# -- a real libSQL server (sqld, tests/sqld.py) --------------------------------------------
+
+from tests.sqld import Sqld  # noqa: E402  (kept with the fixtures that use it)
+
+
+@pytest.fixture
+def sqld_factory(tmp_path: Path) -> Iterator[Callable[..., Sqld]]:
+    """Start real sqld servers on demand (``sqld_factory("name", jwt_key=...)``), each on
+    its own free port with its data in ``tmp_path / "sqld-<name>"``; all stopped at the end.
+    """
+    started: list[Sqld] = []
+
+    def make(name: str = "db", *, jwt_key: str | None = None) -> Sqld:
+        server = Sqld(tmp_path / f"sqld-{name}", jwt_key=jwt_key).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def sqld(sqld_factory: Callable[..., Sqld]) -> Sqld:
+    """One running sqld serving a fresh database."""
+    return sqld_factory()

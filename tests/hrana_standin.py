@@ -1,9 +1,15 @@
 """A STAND-IN for sqld / Turso: just enough of the Hrana protocol, backed by sqlite3.
 
-No sqld can be installed where these tests run, so :class:`HranaStandin` plays its
-part for libsql-client (and thus :class:`hub.infra.store.remote.RemoteStore`). It is a test
-double, not a database server: one ``sqlite3`` connection, no replication, no JWT
-verification beyond "is it exactly this string", no TLS.
+The remote store is tested on a real sqld (:mod:`tests.sqld`, installed by
+``scripts/test``): the store conformance suite, the auth token, a lost server, the seed
+flow and the durability tests. :class:`HranaStandin` remains only for what a real server
+cannot be made to do on cue, for libsql-client (and thus
+:class:`hub.infra.store.remote.RemoteStore`): hold every answer back a random while
+(``reply_jitter``: answers to concurrent requests arrive out of commit order), answer
+``SQLITE_BUSY`` once a lock has been waited for ``lock_timeout`` (sqld waits instead),
+and count the requests that reach it (:attr:`HranaStandin.requests`: round trips). It
+is a test double, not a database server: one ``sqlite3`` connection, no replication,
+no JWT verification beyond "is it exactly this string", no TLS.
 
 It serves, on one port (``ws://127.0.0.1:PORT`` and ``http://127.0.0.1:PORT``):
 

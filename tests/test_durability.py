@@ -1,5 +1,9 @@
 """Durability of the streams log (CONTRACT §3): gap-free seq under concurrency, across
 processes and across a SIGKILL, and appends that never stall the event loop.
+
+The tests across processes and across a SIGKILL run on both kinds of streams DB: the
+embedded SQLite file and a real libSQL server (sqld, :mod:`tests.sqld`), which is what
+several hub instances on several machines share.
 """
 
 from __future__ import annotations
@@ -11,25 +15,30 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from hub.events import NewEvent, parse_draft
 from hub.infra.store.file import FileStore
 from tests.conftest import HubProcess, auth, timeout
+from tests.sqld import Sqld, query
 
 PLATFORM = auth("ops", "platform")
 ROOT = Path(__file__).resolve().parent.parent
 
-# One OS process appending to a shared stream through its own FileStore. It says
-# "ready", waits for a line on stdin (so both processes open the file and append at the
-# same moment), opens the store, appends N single events with C concurrent tasks,
-# closes, and prints a JSON report of the seqs it was given and every error it saw.
+# One OS process appending to a shared stream through its own store (open_store: a
+# FileStore on the file, a RemoteStore on sqld). It says "ready", waits for a line on
+# stdin (so both processes open the store and append at the same moment), opens the
+# store, appends N single events with C concurrent tasks, closes, and prints a JSON
+# report of the seqs it was given and every error it saw.
 APPENDER = r"""
 import asyncio, json, sys
 from hub.events import parse_draft
-from hub.infra.store.file import FileStore
+from hub.infra.store import open_store
 
 async def main(url, stream, tag, n, concurrency):
     drafts = iter(
@@ -50,7 +59,7 @@ async def main(url, stream, tag, n, concurrency):
 
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
-    store = FileStore(url)
+    store = open_store(url)
     try:
         await store.open()
     except Exception as exc:
@@ -66,23 +75,48 @@ asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sy
 """
 
 
-def stored_events(db: Path, stream_id: str) -> list[tuple[int, str, int]]:
+class StreamsDb:
+    """Where a test's streams DB lives: ``file`` (a SQLite file under ``tmp_path``) or
+    ``sqld`` (a real sqld over ``ws://``)."""
+
+    def __init__(self, kind: str, tmp_path: Path, sqld_factory: Callable[..., Sqld]) -> None:
+        self.path = tmp_path / "streams.db"
+        self.server = sqld_factory("streams") if kind == "sqld" else None
+
+    @property
+    def url(self) -> str:
+        return self.server.ws_url if self.server is not None else f"file:{self.path}"
+
+    def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """The rows of a query, read with plain SQL as a seed-style reader would."""
+        if self.server is not None:
+            return query(self.server.http_url, sql, *args)
+        with contextlib.closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as conn:
+            return conn.execute(sql, args).fetchall()
+
+
+@pytest.fixture(params=["file", "sqld"])
+def streams_db(
+    request: pytest.FixtureRequest, tmp_path: Path, sqld_factory: Callable[..., Sqld]
+) -> StreamsDb:
+    """The streams DB, once embedded and once on a real sqld."""
+    return StreamsDb(request.param, tmp_path, sqld_factory)
+
+
+def stored_events(db: StreamsDb, stream_id: str) -> list[tuple[int, str, int]]:
     """(seq, id, pos) of the stream's rows, read with plain SQL as a seed-style reader would."""
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-        rows = conn.execute(
-            "SELECT seq, id, pos FROM events WHERE streamId = ? ORDER BY seq", (stream_id,)
-        ).fetchall()
+    rows = db.rows("SELECT seq, id, pos FROM events WHERE streamId = ? ORDER BY seq", stream_id)
     return [(int(s), str(i), int(p)) for s, i, p in rows]
 
 
-def test_two_processes_share_one_stream_without_gaps(tmp_path: Path) -> None:
-    """Two processes appending to one stream in one file: no errors, seq exactly 1..n."""
-    db = tmp_path / "streams.db"
+def test_two_processes_share_one_stream_without_gaps(streams_db: StreamsDb) -> None:
+    """Two processes appending to one stream in one database: no errors, seq exactly 1..n."""
+    db = streams_db
     stream, per_process, concurrency = "shared-order", 500, 16
     with contextlib.ExitStack() as stack:
         procs = []
         for tag in ("p1", "p2"):
-            argv = [sys.executable, "-c", APPENDER, f"file:{db}", stream, tag]
+            argv = [sys.executable, "-c", APPENDER, db.url, stream, tag]
             argv += [str(per_process), str(concurrency)]
             pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
             procs.append(stack.enter_context(subprocess.Popen(argv, cwd=ROOT, text=True, **pipes)))
@@ -137,13 +171,14 @@ async def test_opening_waits_for_another_writers_lock(tmp_path: Path) -> None:
             await store.close()
 
 
-async def test_acknowledged_appends_survive_sigkill(tmp_path: Path) -> None:
+async def test_acknowledged_appends_survive_sigkill(tmp_path: Path, streams_db: StreamsDb) -> None:
     """Every append acknowledged over HTTP is still there, gap-free, after SIGKILL + restart."""
     data_dir = tmp_path / "data"
+    env = {"HUB_STREAMS_DB": streams_db.url}
     stream, writers, target = "durable-order", 6, 300
     acked: list[str] = []
     enough = asyncio.Event()
-    hub = HubProcess(data_dir).start()
+    hub = HubProcess(data_dir, env).start()
     restarted: HubProcess | None = None
     try:
 
@@ -173,7 +208,7 @@ async def test_acknowledged_appends_survive_sigkill(tmp_path: Path) -> None:
             unanswered = sum(await asyncio.gather(*tasks))
         assert len(acked) >= target
 
-        restarted = HubProcess(data_dir).start()
+        restarted = HubProcess(data_dir, env).start()
         async with httpx.AsyncClient(base_url=restarted.url, timeout=timeout(10)) as client:
             r = await client.get(f"/api/streams/{stream}", headers=PLATFORM)
         assert r.status_code == 200, r.text
@@ -186,6 +221,7 @@ async def test_acknowledged_appends_survive_sigkill(tmp_path: Path) -> None:
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
         positions = [e["pos"] for e in events]
         assert positions == sorted(set(positions))
+        assert [i for _, i, _ in stored_events(streams_db, stream)] == ids  # where it was put
     finally:
         for h in (hub, restarted):
             if h is not None and h.proc is not None and h.proc.poll() is None:

@@ -1,18 +1,22 @@
 """The streams store conformance suite: every behaviour, once, for every store.
 
 ``store`` is parametrized over the embedded :class:`~hub.infra.store.file.FileStore` (a
-SQLite file) and :class:`~hub.infra.store.remote.RemoteStore` through the Hrana stand-in
-(:mod:`tests.hrana_standin`) over ``ws://`` and over ``http://``. A few tests at the
-end concern the remote store alone (round trips, auth token, a write lock held
-elsewhere, a server unreachable or lost).
+SQLite file) and :class:`~hub.infra.store.remote.RemoteStore` on a real libSQL server
+(``sqld``, :mod:`tests.sqld`) over ``ws://`` and over ``http://``. A few tests at the
+end concern the remote store alone: the auth token, a write lock held elsewhere and a
+server lost then back run on sqld. The Hrana stand-in (:mod:`tests.hrana_standin`)
+stays for what sqld cannot be made to do on cue, each test saying so: count the
+requests that reach it (round trips), hold every answer back a random while (answers
+out of commit order) and answer ``SQLITE_BUSY`` after a lock time-out the test sets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +30,9 @@ from hub.infra.store.file import FileStore
 from hub.infra.store.remote import RemoteStore
 from tests.conftest import timeout
 from tests.hrana_standin import HranaStandin
+from tests.sqld import Sqld, ed25519_keypair, jwt
 
 STREAM = "ord-1"
-TOKEN = "s3cret-token"
 
 
 def ev(event_id: str, opcode: int = Opcode.INVOICE_PAYMENT, **fields: Any) -> NewEvent:
@@ -49,6 +53,18 @@ def task_assign(event_id: str, driver: str) -> NewEvent:
     return ev(event_id, Opcode.TASK_ASSIGN, payload={"driver": driver})
 
 
+class Commits:
+    """A commit listener that keeps what it is told, in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[AppendResult] = []
+        self.arrived = asyncio.Event()
+
+    def committed(self, result: AppendResult) -> None:
+        self.seen.append(result)
+        self.arrived.set()
+
+
 # -- fixtures -----------------------------------------------------------------------
 
 
@@ -59,27 +75,28 @@ def standin() -> Iterator[HranaStandin]:
         yield server
 
 
-@pytest.fixture
-def secured_standin() -> Iterator[HranaStandin]:
-    """A Hrana stand-in server that requires ``TOKEN``."""
-    with HranaStandin(auth_token=TOKEN) as server:
-        yield server
-
-
-def remote_url(server: HranaStandin, transport: str) -> str:
+def remote_url(server: HranaStandin | Sqld, transport: str) -> str:
     return server.ws_url if transport == "ws" else server.http_url
 
 
+@pytest.fixture
+def commits() -> Commits:
+    """What the ``store`` fixture's commit listener was told."""
+    return Commits()
+
+
 @pytest.fixture(params=["file", "ws", "http"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """An opened store of each kind; closed afterwards."""
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, commits: Commits
+) -> AsyncIterator[Store]:
+    """An opened store of each kind, telling ``commits`` of every commit; closed afterwards."""
     s: Store
     if request.param == "file":
         s = FileStore(f"file:{tmp_path / 'streams.db'}")
     else:
-        server: HranaStandin = request.getfixturevalue("standin")
+        server: Sqld = request.getfixturevalue("sqld")
         s = RemoteStore(remote_url(server, request.param))
-    await s.open()
+    await s.open(commits)
     try:
         yield s
     finally:
@@ -313,10 +330,16 @@ async def test_stream_info_members_and_last_seq(store: Store) -> None:
     assert info.members == expected
 
 
-async def test_on_commit_sees_every_commit_in_order_before_the_caller(store: Store) -> None:
-    """on_commit gets each committing append once, in pos order, before its caller."""
-    seen: list[AppendResult] = []
-    store.on_commit = seen.append
+async def test_listener_hears_every_commit_in_order_before_the_caller(
+    store: Store, commits: Commits
+) -> None:
+    """The commit listener gets each committing append once, in pos order, before its caller."""
+    await listener_hears_every_commit_in_order(store, commits)
+
+
+async def listener_hears_every_commit_in_order(store: Store, commits: Commits) -> None:
+    """The body of the test above (run again on answers held back at random, at the end)."""
+    seen = commits.seen
 
     async def writer(w: int) -> None:
         for i in range(3):
@@ -335,25 +358,17 @@ async def test_on_commit_sees_every_commit_in_order_before_the_caller(store: Sto
 
 
 async def test_append_whose_caller_went_away_still_commits_and_is_handed_on(
-    store: Store,
+    store: Store, commits: Commits
 ) -> None:
-    """A cancelled caller does not stop its append: it commits and reaches on_commit."""
-    handed_on = asyncio.Event()
-    seen: list[AppendResult] = []
-
-    def hook(result: AppendResult) -> None:
-        seen.append(result)
-        handed_on.set()
-
-    store.on_commit = hook
+    """A cancelled caller does not stop its append: it commits and reaches the listener."""
     caller = asyncio.create_task(store.append(STREAM, [ev("e1")]))
     await asyncio.sleep(0)  # the append is under way
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
     async with asyncio.timeout(timeout(10)):
-        await handed_on.wait()
-    assert [e.id for r in seen for e in r.new] == ["e1"]
+        await commits.arrived.wait()
+    assert [e.id for r in commits.seen for e in r.new] == ["e1"]
     assert [e.id for e in await store.read_stream(STREAM, 0, 100)] == ["e1"]
 
 
@@ -439,7 +454,10 @@ transports = pytest.mark.parametrize("transport", ["ws", "http"])
 
 @transports
 async def test_remote_append_is_one_round_trip(standin: HranaStandin, transport: str) -> None:
-    """An append is one Hrana batch request; a pure retry costs one more."""
+    """An append is one Hrana batch request; a pure retry costs one more.
+
+    On the Hrana stand-in: it counts the requests that reach it, which sqld does not report.
+    """
     store = RemoteStore(remote_url(standin, transport))
     await store.open()
     try:
@@ -460,10 +478,36 @@ async def test_remote_append_is_one_round_trip(standin: HranaStandin, transport:
 
 
 @transports
-async def test_remote_sends_the_auth_token(secured_standin: HranaStandin, transport: str) -> None:
-    """The configured token reaches the server; a wrong or missing one is Unavailable."""
-    url = remote_url(secured_standin, transport)
-    good = RemoteStore(url, auth_token=TOKEN)
+async def test_remote_listener_order_with_answers_out_of_order(
+    standin: HranaStandin, commits: Commits, transport: str
+) -> None:
+    """The commit listener hears commits in pos order, each before its caller, however
+    late each answer comes back.
+
+    On the Hrana stand-in: its injected reply latency (``reply_jitter``) sends answers to
+    concurrent appends back out of commit order on every run; sqld does so only now and
+    then, too seldom to catch a listener told in answer order.
+    """
+    store = RemoteStore(remote_url(standin, transport))
+    await store.open(commits)
+    try:
+        await listener_hears_every_commit_in_order(store, commits)
+    finally:
+        await store.close()
+
+
+@transports
+async def test_remote_sends_the_auth_token(
+    sqld_factory: Callable[..., Sqld], transport: str
+) -> None:
+    """The configured token reaches the server; a wrong or missing one is Unavailable.
+
+    On sqld verifying JWTs (EdDSA) with a key of the test's, as Turso does.
+    """
+    seed, public_key = ed25519_keypair()
+    server = sqld_factory(jwt_key=public_key)
+    url = remote_url(server, transport)
+    good = RemoteStore(url, auth_token=jwt(seed))
     await good.open()
     try:
         result = await good.append(STREAM, [ev("e1")])
@@ -471,7 +515,7 @@ async def test_remote_sends_the_auth_token(secured_standin: HranaStandin, transp
     finally:
         await good.close()
 
-    for token in ("wrong-token", None):
+    for token in (jwt(ed25519_keypair()[0]), "wrong-token", None):
         bad = RemoteStore(url, auth_token=token)
         with pytest.raises(Unavailable, match="auth token"):
             await bad.open()
@@ -479,9 +523,22 @@ async def test_remote_sends_the_auth_token(secured_standin: HranaStandin, transp
 
 
 @transports
-async def test_remote_append_waits_for_a_write_lock_held_elsewhere(transport: str) -> None:
-    """An append refused with SQLITE_BUSY is run again, and commits once the lock is free."""
-    with HranaStandin(lock_timeout=0.05) as server:
+@pytest.mark.parametrize("server_kind", ["sqld", "standin"])
+async def test_remote_append_waits_for_a_write_lock_held_elsewhere(
+    sqld_factory: Callable[..., Sqld], server_kind: str, transport: str
+) -> None:
+    """An append that meets a write lock held elsewhere commits once the lock is free.
+
+    On sqld, which holds the append until the lock is free (a transaction it lets hold
+    the lock 5 s at most). And on the Hrana stand-in, for what sqld never does here: its
+    lock time-out (50 ms) makes it answer SQLITE_BUSY while the lock is held, and the
+    store must run the refused append again.
+    """
+    held: contextlib.AbstractContextManager[HranaStandin | Sqld] = (
+        contextlib.nullcontext(sqld_factory()) if server_kind == "sqld"
+        else HranaStandin(lock_timeout=0.05)
+    )  # fmt: skip
+    with held as server:
         store = RemoteStore(remote_url(server, transport))
         await store.open()
         holder = libsql_client.create_client(server.ws_url)
@@ -520,17 +577,14 @@ async def test_remote_unreachable_database_is_unavailable(transport: str) -> Non
 
 @transports
 async def test_remote_lost_database_is_unavailable_then_recovers(
-    tmp_path: Path, transport: str
+    sqld: Sqld, transport: str
 ) -> None:
     """While the server is gone every call raises Unavailable; once back, work resumes."""
-    db = tmp_path / "sqld.db"
-    server = HranaStandin(db)
-    server.start()
-    store = RemoteStore(remote_url(server, transport))
+    store = RemoteStore(remote_url(sqld, transport))
     try:
         await store.open()
         await store.append(STREAM, [ev("e1")])
-        server.stop()
+        sqld.stop()
         with pytest.raises(Unavailable):
             await store.append(STREAM, [ev("e2")])
         with pytest.raises(Unavailable):
@@ -538,14 +592,13 @@ async def test_remote_lost_database_is_unavailable_then_recovers(
         with pytest.raises(Unavailable):
             await store.ping()
 
-        server = HranaStandin(db, port=server.port)
-        server.start()
+        sqld.start()  # the same port, the same data
         await store.ping()
         result = await store.append(STREAM, [ev("e2")])
         assert result.events[0].seq == 2
     finally:
         await store.close()
-        server.stop()
+        sqld.stop()
     await store.close()  # idempotent
     with pytest.raises(Unavailable):
         await store.ping()
