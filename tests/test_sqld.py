@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from hub.infra.db import DatabaseError, open_database
 from tests.conftest import HubProcess
-from tests.sqld import Sqld, query
+from tests.sqld import Sqld, ed25519_keypair, jwt, query
 from tests.test_orders import (
     ALI,
     DEST,
@@ -134,3 +136,27 @@ async def test_seed_order_end_to_end_on_sqld(
     assert query(public.http_url, DRIVER_POINT) == [("idle", 1, *dest)]
     assert not (data / "streams.db").exists()
     assert not (data / "public.db").exists()
+
+
+@pytest.mark.parametrize("transport", ["ws", "http"])
+async def test_tenant_and_public_dbs_name_a_refused_token(
+    sqld_factory: Callable[..., Sqld], transport: str
+) -> None:
+    """A remote tenant/public DB refusing HUB_DB_AUTH_TOKEN says so (503 naming the token),
+    over ws:// too, where libsql-client reported a write to a closed socket instead."""
+    seed, public_key = ed25519_keypair()
+    server = sqld_factory(jwt_key=public_key)
+    url = server.ws_url if transport == "ws" else server.http_url
+    pool = ThreadPoolExecutor(1)
+    try:
+        good = open_database(url, pool=pool, schema=("CREATE TABLE IF NOT EXISTS t (x)",),
+                             auth_token=jwt(seed))  # fmt: skip
+        await good.execute("INSERT INTO t VALUES (1)")
+        await good.close()
+        for token in (jwt(ed25519_keypair()[0]), "wrong-token", None):
+            bad = open_database(url, pool=pool, schema=(), auth_token=token)
+            with pytest.raises(DatabaseError, match="auth token"):
+                await bad.execute("SELECT 1")
+            await bad.close()
+    finally:
+        pool.shutdown()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hub.errors import Unavailable
+from hub.infra.hrana import TokenRefused, check_token
 from hub.infra.store.file import connect, path_from_url
 
 __all__ = [
@@ -44,6 +45,7 @@ WriteCounter = Callable[[int], None]
 
 _WRITE = re.compile(r"^\s*(INSERT|UPDATE|REPLACE)\b", re.IGNORECASE)
 _GUARD_TAG = "hub-guard:"
+TOKEN_CHECK_S = 5.0  # the Hrana hello of a remote database's first connection
 
 
 def guard(name: str, rows: int = 1) -> Stmt:
@@ -213,6 +215,12 @@ class RemoteDatabase:
         import libsql_client
 
         if self._client is None:
+            try:
+                await check_token(self._url, self._auth_token, timeout=TOKEN_CHECK_S)
+            except TokenRefused as exc:
+                raise DatabaseError(
+                    f"remote database refused the auth token (HUB_DB_AUTH_TOKEN): {exc}"
+                ) from None
             self._client = libsql_client.create_client(self._url, auth_token=self._auth_token)
         try:
             if len(stmts) == 1:
@@ -224,6 +232,10 @@ class RemoteDatabase:
             name = _guard_name(str(exc), stmts)
             if name is not None:
                 raise GuardFailed(name) from None
+            if str(exc.code).startswith("AUTH") or "401" in str(exc.explanation):
+                raise DatabaseError(
+                    "remote database refused the auth token (HUB_DB_AUTH_TOKEN)"
+                ) from None
             raise DatabaseError(f"remote database: {exc}") from None
         except (TimeoutError, OSError) as exc:
             raise DatabaseError(f"remote database unreachable: {exc}") from None
