@@ -70,6 +70,29 @@ class Metrics:
         self.stalled_closes = Counter(
             "hub_ws_stalled_closes", "Sockets closed with 4008 (drained nothing)", registry=r
         )
+        self.ws_sessions = Gauge(
+            "hub_ws_sessions",
+            "WebSockets counted under their tenant's cap (open, or closed and not gone yet)",
+            registry=r,
+        )
+        self.ws_closing = Gauge(
+            "hub_ws_closing",
+            "WebSockets closed whose connection is not gone yet (the client has not taken"
+            " what was queued; still counted under their tenant's cap)",
+            registry=r,
+        )
+        self.ws_aborted = Counter(
+            "hub_ws_aborted",
+            "Closing WebSockets whose client took nothing (not even the close frame) for the"
+            " close grace: their connection was reset",
+            registry=r,
+        )
+        self.control_paused = Counter(
+            "hub_ws_control_paused",
+            "Times a socket stopped reading its client's frames while 64 replies (pongs,"
+            " error frames) waited to be sent (backpressure on a burst; nothing is dropped)",
+            registry=r,
+        )
 
         # Redis.
         self.redis_reconnects = Counter(

@@ -113,7 +113,13 @@ class Gps:
             await self._fan_out(driver, lat, lng)
         finally:
             if write is not None:
-                await asyncio.shield(write)  # the caller hears of a failed write
+                try:
+                    await asyncio.shield(write)  # the caller hears of a failed write
+                finally:
+                    # A failed write's task keeps the error, and the error this frame (in
+                    # its traceback) and the caller's (a socket's connection): without the
+                    # task here that is no cycle, and all is freed with the error.
+                    del write
         return True
 
     def _forget_old(self, now: float) -> None:

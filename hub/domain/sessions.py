@@ -3,7 +3,9 @@ subject holds, and which ones the stall sweeper watches.
 
 :class:`Sessions` is the one owner of both tables (centrifuge calls it the ``Hub``):
 a transport asks :meth:`Sessions.admit` before it serves a principal and calls
-:meth:`Sessions.release` when it is done; it :meth:`Sessions.watch` es a connection
+:meth:`Sessions.release` once the connection is gone (not when it has done with it: a
+closed socket whose client reads nothing still holds a descriptor and kernel buffers,
+until the transport reaps it); it :meth:`Sessions.watch` es a connection
 while the connection sends, and one sweeper task (not a timer per socket) asks every
 watched connection to close itself if it has been stuck in one send for longer than
 ``stall_timeout`` (CONTRACT §5: 4008 after 30 s).
@@ -55,7 +57,7 @@ class Sessions:
         return True
 
     def release(self, who: Principal) -> None:
-        """One session admitted for ``who`` has ended."""
+        """One session admitted for ``who`` has ended (its connection is gone)."""
         subject = (who.tenant, who.role)
         left = self._open.get(subject, 0) - 1
         if left > 0:

@@ -51,7 +51,11 @@ from hub.infra.broker import Message, Notice, inbox_channel, stream_channel
 
 __all__ = ["NOTICE_MAX", "REPLAY_PAGE", "Subscription", "open_inbox", "open_stream"]
 
-REPLAY_PAGE = 500  # events read from the log per page
+REPLAY_PAGE = 500  # events read from the log per page, at most
+# A page holds about this much at most, whatever the events' size (a subscriber's first
+# page, of sizes not known yet, FIRST_PAGE events): 500 events of 64 KiB were 32 MB per
+# socket, 1 GB for 30 sockets replaying at once. EVENT_BYTES: a frame's own fields.
+PAGE_BYTES, FIRST_PAGE, EVENT_BYTES = 1 << 20, 64, 256
 NOTICE_MAX = 64  # location frames waiting (oldest dropped first)
 
 
@@ -62,9 +66,9 @@ class Subscription:
     dropped once sent (most subscribers wait far longer than they receive).
     """
 
-    __slots__ = ("_announced", "_page", "_waiter", "ended", "fallback", "final", "hints_only",
-                 "last", "node", "notices", "pending", "queue", "queue_max", "resynced",
-                 "stream_id", "tenant")  # fmt: skip
+    __slots__ = ("_announced", "_limit", "_page", "_waiter", "ended", "fallback", "final",
+                 "hints_only", "last", "node", "notices", "pending", "queue", "queue_max",
+                 "resynced", "stream_id", "tenant")  # fmt: skip
 
     def __init__(
         self,
@@ -89,6 +93,7 @@ class Subscription:
         self.pending = True  # something for the writer to look at (first: the replay)
         self._announced = False  # the "live" frame was handed out (or skipped: final)
         self._page: list[Event] | None = None  # events read from the log, last first
+        self._limit = FIRST_PAGE  # events of the next page (from the size of the last)
         self._waiter: asyncio.Future[None] | None = None  # only while the writer waits
         # Inbox events of several instances may arrive out of pos order: read them
         # from the log (in pos order) instead of trusting the live order.
@@ -101,7 +106,10 @@ class Subscription:
         return inbox_channel(self.tenant)
 
     async def close(self) -> None:
-        """Unsubscribe (the transport is done with it)."""
+        """Unsubscribe (the transport is done with it) and drop what was not sent (a page
+        of the log, queued events, notices), whatever still refers to the subscription
+        (a cancelled writer's frames, until its task is freed)."""
+        self._page = self.queue = self.notices = None
         await self.node.unsubscribe(self.channel, self)
 
     # -- what arrives (Subscriber, called by the channels; never blocks) ----------------
@@ -200,14 +208,18 @@ class Subscription:
         self.fallback = False  # live events offered from now on are queued
         backfill, self.resynced = self.resynced, False
         node = self.node
+        limit = self._limit
         if self.stream_id is None:
-            rows = await node.read_inbox(self.tenant, self.last, REPLAY_PAGE)
+            rows = await node.read_inbox(self.tenant, self.last, limit)
         else:
             archived = self.final is not None
-            rows = await node.read_events(self.stream_id, self.last, REPLAY_PAGE,
+            rows = await node.read_events(self.stream_id, self.last, limit,
                                           archived=archived)  # fmt: skip
-        if len(rows) >= REPLAY_PAGE:
+        if len(rows) >= limit:
             self.fallback = True  # more to read once this page is sent
+        if rows:  # the next page: about PAGE_BYTES of events of this page's mean size
+            mean = sum(len(e.payload) for e in rows) // len(rows) + EVENT_BYTES
+            self._limit = max(1, min(REPLAY_PAGE, PAGE_BYTES // mean))
         if backfill and rows:
             node.metrics.backfilled.inc(len(rows))
         elif backfill and self.stream_id is not None and self.final is None:

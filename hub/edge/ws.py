@@ -15,6 +15,24 @@ Each connection has one writer task; the reader runs in the socket's own task, a
 stall check (one sweeper for every socket, owned by :class:`Sessions`) closes a socket
 that drained nothing for ``ws_stall_timeout`` seconds with 4008 (reconnect with
 ``since``). When one of them ends, the others are cancelled and awaited.
+
+A client's frames are answered in order (pongs, error frames): while
+:data:`CONTROL_MAX` replies wait to be sent the reader takes no more of them
+(backpressure), so a burst is answered in full, and a client that never reads stalls
+the writer and is closed with 4008 like any other.
+
+A socket holds its place under its tenant's cap until its connection is gone, not only
+until the hub has done with it: one closed by the hub (4008, 1000) or by the server
+(the keepalive's 1011) whose client takes nothing, not even the close frame, for
+:attr:`_Endpoint.close_grace` seconds has its transport aborted with a reset (the hub's
+buffer and the kernel's are dropped, the file descriptor closed). See
+:meth:`_Endpoint.reap`.
+
+Nothing of a closed connection may wait for the cyclic garbage collector (it seldom
+runs: :mod:`hub.edge.app`): a task that ended with an exception keeps it, and the
+exception its traceback's frames, so the connection drops its references to its tasks
+once they are done (else the frames, the connection, its subscription and a replay page
+of up to 500 events form a cycle kept until a full collection).
 """
 
 from __future__ import annotations
@@ -23,10 +41,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qs
 
 from starlette.types import Receive, Scope, Send
@@ -46,9 +66,16 @@ __all__ = ["InboxEndpoint", "StreamEndpoint", "origin_allowed"]
 log = logging.getLogger("hub.ws")
 
 
-CONTROL_MAX = 64  # pongs and error frames waiting to be sent
-CLOSE_WAIT = 60.0  # seconds a close may wait behind a full send buffer (4008 must get through)
+CONTROL_MAX = 64  # pongs and error frames waiting to be sent: then the reader waits
+CONTROL_LOW = CONTROL_MAX // 2  # the reader goes on once no more than this many wait
+# Seconds a closing socket's client has to take what is queued for it, the close frame
+# included (4008 must get through to a client that reads again), before the connection
+# is reset: twice the stall timeout, within these bounds (60 s at the default 30 s).
+CLOSE_WAIT = 60.0
+CLOSE_GRACE_MIN = 10.0  # over uvicorn's 10 s wait for the client's answer to a close
+REAP_POLL = (0.05, 1.0)  # seconds between two looks at a closing socket: first, at most
 YIELD_EVERY = 64  # frames a writer sends before letting other tasks run
+LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
 
 
 class _Closed(Exception):
@@ -58,6 +85,32 @@ class _Closed(Exception):
         super().__init__(code, reason)
         self.code = code
         self.reason = reason
+
+
+class _Transport(Protocol):
+    """What the hub uses of a connection's transport (asyncio's or uvloop's)."""
+
+    def is_closing(self) -> bool: ...
+    def get_write_buffer_size(self) -> int: ...
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+def _transport_of(send: Send) -> _Transport | None:
+    """The socket's transport under uvicorn, whose ``send`` is a method of its WebSocket
+    protocol (websockets, websockets-sansio and wsproto alike keep the transport in
+    ``transport``); None under another server or a wrapped ``send`` (uvicorn's trace
+    logging): then the hub relies on the server to end its connections."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None or not hasattr(transport, "abort"):
+        return None
+    return cast(_Transport, transport)
+
+
+def _gone(transport: _Transport) -> bool:
+    """Closed with nothing left to send: the descriptor is released at once."""
+    return transport.is_closing() and not transport.get_write_buffer_size()
 
 
 def error_frame(code: str, message: str) -> str:
@@ -87,8 +140,8 @@ class Connection:
     stopped: the writer is cancelled and awaited; a writer that ends interrupts the reader.
     """
 
-    __slots__ = ("_interrupted", "_reading", "_receive", "_send", "_sent", "_task", "_writer",
-                 "control", "endpoint", "sending_since", "stalled", "sub",
+    __slots__ = ("_drained", "_interrupted", "_reading", "_receive", "_send", "_sent", "_task",
+                 "_writer", "control", "endpoint", "sending_since", "stalled", "sub",
                  "who")  # fmt: skip
 
     def __init__(self, endpoint: _Endpoint, who: Principal, sub: Subscription, send: Send,
@@ -99,6 +152,7 @@ class Connection:
         self._send = send
         self._receive = receive
         self.control: deque[str] | None = None  # pongs and error frames (made on demand)
+        self._drained: asyncio.Future[None] | None = None  # only while the reader waits
         self.sending_since: float | None = None
         self.stalled = False
         self._writer: asyncio.Task[None] | None = None
@@ -117,21 +171,40 @@ class Connection:
             await asyncio.sleep(0)  # a hot stream must not hold the loop for a whole pass
 
     def check_stall(self, cutoff: float) -> None:
-        """Called by the sweeper: close a socket stuck in one send since before ``cutoff``."""
+        """Called by the sweeper: close a socket stuck in one send since before ``cutoff``;
+        end one whose connection the server is closing (the keepalive ping timed out)."""
+        writer = self._writer
+        if self.stalled or writer is None:
+            return
         started = self.sending_since
-        if started is not None and started < cutoff and not self.stalled:
+        if started is not None and started < cutoff:
             self.stalled = True
             self.endpoint.metrics.stalled_closes.inc()
-            if self._writer is not None:
-                self._writer.cancel()
+            writer.cancel()
+            return
+        # uvicorn closes the transport on a keepalive timeout (1011) and tells the app
+        # nothing: with unsent data left the transport would wait for a client that reads
+        # nothing, for good. End the connection; the endpoint reaps the transport.
+        transport = _transport_of(self._send)
+        if transport is not None and transport.is_closing():
+            writer.cancel()
 
     def push_control(self, frame: str) -> None:
         if self.control is None:
             self.control = deque()
-        elif len(self.control) >= CONTROL_MAX:
-            raise _Closed(CloseCode.STALLED, "replies not being read")
         self.control.append(frame)
         self.sub.wake()
+
+    async def _control_sent(self) -> None:
+        """Backpressure: wait until the writer has sent all but :data:`CONTROL_LOW` of the
+        replies (a client reading them goes on; one that reads nothing stalls the writer,
+        and the sweeper closes it with 4008)."""
+        self.endpoint.metrics.control_paused.inc()
+        waiter = self._drained = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._drained = None
 
     async def writer(self) -> None:
         """Send what the subscription hands out (see :mod:`hub.domain.subscription`), our
@@ -140,8 +213,12 @@ class Connection:
         while True:
             await sub.wait()
             while True:
-                if self.control:
-                    await self.send(self.control.popleft())
+                control = self.control
+                if control:
+                    await self.send(control.popleft())
+                    drained = self._drained
+                    if drained is not None and len(control) <= CONTROL_LOW and not drained.done():
+                        drained.set_result(None)
                     continue
                 frame = sub.next_frame()
                 if frame is not None:
@@ -162,6 +239,8 @@ class Connection:
             if message["type"] == "websocket.disconnect":
                 return
             await self.answer(message.get("text"))
+            if self.control is not None and len(self.control) >= CONTROL_MAX:
+                await self._control_sent()
 
     async def answer(self, text: str | None) -> None:
         """Act on one client frame; anything unusable is answered with an error frame."""
@@ -224,10 +303,15 @@ class Connection:
             writer.remove_done_callback(self._writer_ended)
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
+            ended = None if writer.cancelled() else writer.exception()
+            # The writer's exception (its CancelledError too) holds its traceback, whose
+            # frames hold this connection: drop every reference to the tasks, so that no
+            # cycle keeps the connection, its subscription and its page (module docstring).
+            self._writer = self._task = None
+            del writer, task
         if self.stalled:
             return int(CloseCode.STALLED)
-        if code is None and writer.done() and not writer.cancelled():
-            ended = writer.exception()
+        if code is None:
             if isinstance(ended, _Closed):
                 return ended.code
             if ended is not None:
@@ -284,10 +368,13 @@ class _Endpoint:
         self.gps = gps
         self.settings = settings
         self.metrics = node.metrics
+        self.metrics.ws_sessions.set_function(sessions.__len__)
         self.tokens = node.tokens
         # A client frame over this is answered with an error frame (the socket stays
         # open); uvicorn's ws_max_size (1 MiB under `hub serve`) closes 1009 above it.
         self.max_frame = settings.ws_max_frame_bytes
+        # What a closing socket's client has to take what is queued for it (see CLOSE_WAIT).
+        self.close_grace = min(CLOSE_WAIT, max(CLOSE_GRACE_MIN, 2 * settings.ws_stall_timeout))
 
     async def open(self, who: Principal, scope: Scope, since: int) -> Subscription:
         raise NotImplementedError
@@ -301,26 +388,81 @@ class _Endpoint:
             return
         await send({"type": "websocket.accept"})
         metrics.connections.inc()
+        who: Principal | None = None  # holds a place under its cap until the socket is gone
+        deadline: float | None = None  # for the client to take the close (loop time)
         try:
-            admitted = await self._admit(scope, send)
-            if isinstance(admitted, int):
-                code: int | None = admitted
-            else:
-                who, sub = admitted
-                try:
-                    code = await Connection(self, who, sub, send, receive).run()
-                finally:
+            try:
+                admitted = await self._admit(scope, send)
+                if isinstance(admitted, int):
+                    code: int | None = admitted
+                else:
+                    who, sub = admitted
                     try:
-                        await sub.close()
+                        code = await Connection(self, who, sub, send, receive).run()
                     finally:
-                        self.sessions.release(who)
+                        await sub.close()
+            finally:
+                metrics.connections.dec()
+                if who is not None:
+                    metrics.ws_closing.inc()  # done with, not gone: see reap
+            transport = _transport_of(send)
+            if code is not None and (transport is None or not transport.is_closing()):
+                deadline = asyncio.get_running_loop().time() + self.close_grace
+                # A stalled socket's buffer is full: the close frame waits its turn, so a
+                # client that reads again (before the keepalive gives up) still sees the code.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(send({"type": "websocket.close", "code": code}),
+                                           self.close_grace)  # fmt: skip
         finally:
-            metrics.connections.dec()
-        if code is not None:
-            # A stalled socket's buffer is full: the close frame waits its turn, so a
-            # client that reads again (before the keepalive gives up) still sees the code.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(send({"type": "websocket.close", "code": code}), CLOSE_WAIT)
+            if who is not None:
+                self.reap(who, _transport_of(send), deadline)
+
+    def reap(self, who: Principal, transport: _Transport | None, deadline: float | None) -> None:
+        """Release ``who``'s place under its cap (and out of ``hub_ws_closing``) once the
+        socket's connection is gone.
+
+        At once when it is (or when the transport is unknown); else when the server has
+        closed it with nothing left to send (after the client's answer to the close, or
+        uvicorn's 10 s), or at ``deadline`` (loop time; default: :attr:`close_grace` from
+        now): then a client that has taken nothing (not even the close frame) is reset.
+        Timers do this, not the socket's task: the server's shutdown waits for tasks.
+        """
+        if transport is None or _gone(transport):
+            self._release(who)
+            return
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self.close_grace
+        loop.call_later(REAP_POLL[0], self._reap, who, transport, deadline, REAP_POLL[0])
+
+    def _reap(self, who: Principal, transport: _Transport, deadline: float, pause: float) -> None:
+        if not _gone(transport):
+            loop = asyncio.get_running_loop()
+            left = deadline - loop.time()
+            if left > 0:
+                pause = min(2 * pause, REAP_POLL[1])
+                loop.call_later(min(pause, left), self._reap, who, transport, deadline, pause)
+                return
+            if transport.get_write_buffer_size():
+                self._reset(transport)
+            else:
+                transport.close()  # what was queued has reached the kernel: a plain close
+        self._release(who)
+
+    def _release(self, who: Principal) -> None:
+        self.metrics.ws_closing.dec()
+        self.sessions.release(who)
+
+    def _reset(self, transport: _Transport) -> None:
+        """Abort a connection whose client takes nothing: abort() drops the hub's buffer
+        and closes the descriptor; a zero linger has the kernel drop its own buffer too
+        (a reset) instead of keeping an orphaned socket that tries to send it."""
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(Exception):  # OSError, or a socket of another kind
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+        transport.abort()
+        self.metrics.ws_aborted.inc()
 
     async def _admit(self, scope: Scope, send: Send) -> tuple[Principal, Subscription] | int:
         """Who is asking, and their subscription (subscribed); or the close code refusing
