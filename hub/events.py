@@ -49,6 +49,7 @@ __all__ = [
     "OPCODES",
     "STREAM_ID_PATTERN",
     "STREAM_ID_RE",
+    "TENANT_FIELDS",
     "TENANT_ID_PATTERN",
     "TENANT_ID_RE",
     "Event",
@@ -457,7 +458,9 @@ _DELTA = Meta(
 )
 _PAYLOAD = Meta(
     description=f"At most {MAX_PAYLOAD_BYTES} bytes encoded (413 too_large over it) and"
-    f" {MAX_DEPTH} levels deep (422 too_deep over it); {{}} when absent.",
+    f" {MAX_DEPTH} levels deep (422 too_deep over it); {{}} when absent. The fields naming"
+    " tenants (ORDER_CREATE's customer and restaurant, TASK_ASSIGN's driver) must be tenant"
+    " ids when present (400 invalid_tenant_id).",
     extra=refuse("payload must be a JSON object"),
 )
 _TS = Meta(
@@ -676,6 +679,9 @@ def _build(d: EventDraft, stream_id: str, max_payload_bytes: int, *, trusted: bo
         raise Unprocessable(f"payload nested deeper than {MAX_DEPTH} levels", code="too_deep")
     if len(encoded) > max_payload_bytes:
         raise PayloadTooLarge(f"payload over {max_payload_bytes} bytes encoded")
+    for key in TENANT_FIELDS.get(opcode, ()):
+        if key in payload:
+            _check_payload_tenant(key, payload[key])
     ts = now_ts() if d.ts is None else _parse_ts(d.ts)
     if not trusted:
         for key, ref in (("nodeId", d.node_id), ("pointId", d.point_id)):
@@ -692,6 +698,21 @@ def _build(d: EventDraft, stream_id: str, max_payload_bytes: int, *, trusted: bo
         ts_given=d.ts is not None,
         fresh_id=d.id is None,
     )
+
+
+# The payload fields that name tenants (CONTRACT §2: they confer membership, and the order
+# flow opens those tenants' databases). A value outside the tenant id pattern is refused
+# like a tenant id in a path: 400 before it reaches a database or a file name.
+TENANT_FIELDS: dict[int, tuple[str, ...]] = {
+    Opcode.ORDER_CREATE: ("customer", "restaurant"),
+    Opcode.TASK_ASSIGN: ("driver",),
+}
+
+
+def _check_payload_tenant(key: str, value: object) -> None:
+    if not isinstance(value, str) or not TENANT_ID_RE.match(value):
+        raise BadRequest(f"payload.{key} must be a tenant id matching {TENANT_ID_PATTERN}",
+                         code="invalid_tenant_id")  # fmt: skip
 
 
 def _check_unique(events: list[NewEvent]) -> None:

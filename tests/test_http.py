@@ -676,14 +676,20 @@ def test_same_id_with_other_content_is_409(c: httpx.Client, changes: dict[str, A
         assert_error(r, 409)
 
 
-def test_same_id_in_another_stream_is_409(c: httpx.Client) -> None:
-    """An event id is unique across streams: re-using it elsewhere gets 409, nothing written."""
+def test_same_id_in_another_stream_is_another_event(c: httpx.Client) -> None:
+    """An event id is unique within its stream: the same id in another stream is that
+    stream's own event (an id another stream holds tells the writer nothing)."""
     sid, other = new_sid(), new_sid()
     draft = {"id": new_id(), **RETRY_DRAFT}
-    assert post(c, sid, draft, PLATFORM).status_code == 201
+    first = post(c, sid, draft, PLATFORM)
+    assert first.status_code == 201, first.text
+    second = post(c, other, draft, PLATFORM)
+    assert second.status_code == 201, second.text
+    (event,) = second.json()["events"]
+    assert (event["id"], event["streamId"], event["seq"]) == (draft["id"], other, 1)
     with nothing_written(c, sid, other):
-        r = post(c, other, draft, PLATFORM)
-        assert_error(r, 409)
+        assert post(c, other, draft, PLATFORM).json() == second.json()  # a retry there
+    assert read_back(c, sid) == first.json()["events"]
 
 
 def test_batch_with_a_conflicting_event_writes_nothing(c: httpx.Client) -> None:

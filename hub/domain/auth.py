@@ -16,7 +16,7 @@ from enum import StrEnum
 
 import jwt
 
-from hub.errors import Forbidden, NotFound, Unauthorized
+from hub.errors import Forbidden, NotFound, Unauthorized, Unprocessable
 from hub.events import TENANT_ID_RE, NewEvent, Opcode
 from hub.infra.store import StreamInfo
 
@@ -26,6 +26,7 @@ __all__ = [
     "TokenCache",
     "authorize_append",
     "authorize_read",
+    "check_client_ids",
     "decode_token",
     "issue_token",
 ]
@@ -134,6 +135,24 @@ def authorize_read(who: Principal, info: StreamInfo | None) -> None:
         return
     if info is None or who.tenant not in info.members:
         raise Forbidden("not a member of this stream")
+
+
+def check_client_ids(who: Principal, stream_id: str, events: Sequence[NewEvent]) -> None:
+    """422 ``reserved_id`` for an id a client chose in the order flow's namespace.
+
+    The order steps give their events the ids ``{streamId}.{step}`` (``ord-5001.pay``,
+    ``ord-5001.assign``, docs/protocol.md §4.2) and tell by those ids which steps are done.
+    Only the hub and the platform may write them: a party that wrote ``ord-5001.assign``
+    first would make Step 6 fail after it claimed a driver, or pass a step for done. The
+    answer depends on the id and the URL alone, never on what the stream holds.
+    """
+    if who.is_platform:
+        return
+    reserved = stream_id + "."
+    for ev in events:
+        if not ev.fresh_id and ev.id.startswith(reserved):
+            raise Unprocessable(f"event ids {reserved}* are the order steps'; choose another id",
+                                code="reserved_id")  # fmt: skip
 
 
 def authorize_append(who: Principal, info: StreamInfo | None, events: Sequence[NewEvent]) -> bool:

@@ -28,7 +28,13 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from hub.config import Settings
-from hub.domain.auth import Principal, TokenCache, authorize_append, authorize_read
+from hub.domain.auth import (
+    Principal,
+    TokenCache,
+    authorize_append,
+    authorize_read,
+    check_client_ids,
+)
 from hub.domain.channels import Channels, Subscriber
 from hub.errors import Unavailable
 from hub.events import Event, NewEvent
@@ -93,6 +99,7 @@ class Node:
         """Authorize and commit an append through the generic event API."""
         if who.is_platform:
             return await self.commit(stream_id, events)
+        check_client_ids(who, stream_id, events)  # before anything the stream holds is read
         # A remembered member needs no read of the store.
         info = self._members.get(stream_id)
         if info is None or who.tenant not in info.members:

@@ -10,7 +10,8 @@ lives in the statements themselves:
   ``applied`` list being what was read, each followed by a :func:`~hub.infra.db.guard`: the
   batch is all or nothing, and stock never goes below zero whatever runs concurrently;
 - a driver is claimed in the public DB by a conditional UPDATE that records the order in
-  ``claim``: exactly one order gets an idle driver, and a retried assignment finds it.
+  ``claim``: exactly one order gets an idle driver, and a retried assignment finds it; a
+  claim whose TASK_ASSIGN can never come is undone (:meth:`OrderDb.undo_claim`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+from hub.events import TENANT_ID_RE
 from hub.infra.db import GuardFailed, Stmt, guard
 from hub.infra.tenants import Tenants
 
@@ -34,6 +36,12 @@ __all__ = [
 ]
 
 _NODE = "INSERT OR IGNORE INTO nodes (id, nodeType, title, createdAt, payload)"
+# A public DB row whose workspaceId is no tenant id (docs/protocol.md §2) names no database:
+# such a driver is never offered (claiming it would fail every time, and first).
+_TENANT_ID_SQL = (
+    "workspaceId GLOB '[a-z0-9]*' AND workspaceId NOT GLOB '*[^a-z0-9-]*'"
+    " AND length(workspaceId) <= 63"
+)
 _POSITION = "SELECT lat, lng FROM points WHERE nodeId = ? LIMIT 1"
 
 
@@ -238,6 +246,7 @@ class OrderDb:
             "SELECT workspaceId, id, lat, lng FROM points"
             " WHERE nodeId IN (SELECT id FROM nodes WHERE nodeType = 'driver')"
             " AND openNow = true AND availability = 'idle' AND claim IS NULL"
+            f" AND {_TENANT_ID_SQL}"
             " ORDER BY ABS(lat - ?) + ABS(lng - ?) LIMIT 1",
             [lat or 0.0, lng or 0.0],
         )
@@ -261,6 +270,25 @@ class OrderDb:
             ("UPDATE points SET availability = 'en-route', openNow = false WHERE id = ?"
              " AND (availability IS NOT 'en-route' OR openNow IS NOT 0)", [point_id]),
         ])  # fmt: skip
+
+    async def undo_claim(self, order_id: str, driver: str) -> bool:
+        """Undo a Step 6 whose TASK_ASSIGN never came: the delivery node gone and the
+        driver idle again in its DB (if Step 6 got that far), then the claim released and
+        the driver discoverable again (the claim took an idle, discoverable driver). False
+        when there was no such claim."""
+        if not await self.is_claimed(order_id, driver):
+            return False
+        if TENANT_ID_RE.match(driver) and self.exists(driver):
+            await self.tenants.tenant(driver).batch([
+                ("DELETE FROM nodes WHERE id = ? AND nodeType = 'delivery'", [order_id]),
+                ("UPDATE points SET availability = 'idle', openNow = true WHERE nodeId = ?"
+                 " AND availability = 'en-route'", [driver]),
+            ])  # fmt: skip
+        r = await self.tenants.public.execute(
+            "UPDATE points SET openNow = true, claim = NULL WHERE claim = ? AND workspaceId = ?",
+            [order_id, driver],
+        )
+        return r.rowcount > 0
 
     async def is_claimed(self, order_id: str, driver: str) -> bool:
         """Whether ``driver`` is still claimed for ``order_id``."""

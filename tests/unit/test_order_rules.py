@@ -433,3 +433,169 @@ def test_the_applied_list_keeps_the_latest_orders() -> None:
     points = {"prod-shw": StockPoint("pt-shw", 10, json.dumps(old))}
     (take,) = rules.stock_takes(ORDER, ITEMS[:1], points)
     assert json.loads(take.applied) == [*old[1:], ORDER]
+
+
+# -- what the hub vouches for (docs/reliability.md, "Attacks on the order flow") ----------
+
+PRICED = [{"productId": "prod-shw", "title": "Chicken Shawarma", "qty": 2, "price": 18.0},
+          {"productId": "prod-lbn", "title": "Laban", "qty": 1, "price": 5.0}]  # fmt: skip
+MENU = {"prod-shw": product("prod-shw", 18.0), "prod-lbn": product("prod-lbn", 5.0)}
+
+
+def priced_order(items: Any = PRICED, total: float = 46, paid: float | None = 46,
+                 paid_by: str = "pay") -> OrderState:  # fmt: skip
+    """A paid order as the hub writes it (``paid_by`` another id: a party's own 203)."""
+    created = event(1, "create", Opcode.ORDER_CREATE,
+                    {"customer": "ali", "restaurant": "bab-hara", "items": items}, total)
+    payment = [] if paid is None else [event(2, paid_by, Opcode.INVOICE_PAYMENT, {}, paid)]
+    return OrderState(ORDER, [created, *payment])
+
+
+@pytest.mark.parametrize(("order", "expected"), [
+    (priced_order(), None),
+    (priced_order(paid=50), None),
+    (priced_order([{**PRICED[0], "price": 0.01}, PRICED[1]], total=10.02), "price"),
+    (priced_order([{**PRICED[0], "price": "18"}, PRICED[1]]), "price"),
+    (priced_order([{**PRICED[0], "price": True}, PRICED[1]]), "price"),
+    (priced_order([{k: v for k, v in PRICED[0].items() if k != "price"}, PRICED[1]]), "price"),
+    (priced_order([{**PRICED[0], "productId": "prod-gold"}, PRICED[1]]), "menu"),
+    (priced_order(total=0.01, paid=0.01), "total"),
+    (priced_order(total=47, paid=47), "total"),
+    (priced_order(paid=None), "paid"),
+    (priced_order(paid=0), "paid"),
+    (priced_order(paid=45.99), "paid"),
+    (priced_order(paid_by="evt-1234"), "paid"),  # a customer's own 203, not Step 2's
+])  # fmt: skip
+def test_vouch_for_menu_prices_the_total_and_the_payment(
+    order: OrderState, expected: str | None
+) -> None:
+    """vouch: the items at the menu's prices, the total those plus the fee, Step 2's
+    payment covering it; anything else is 409 unverified_order naming what is wrong."""
+    if expected is None:
+        rules.vouch(order, MENU, 5.0)
+        return
+    with pytest.raises(Conflict) as caught:
+        rules.vouch(order, MENU, 5.0)
+    assert (caught.value.status, caught.value.code) == (409, "unverified_order")
+    assert expected in str(caught.value), caught.value
+
+
+def test_vouch_uses_the_menu_of_now_and_the_fee_configured() -> None:
+    """A price or fee other than the order's: the order is no longer one the hub vouches for."""
+    assert refusal(rules.vouch, priced_order(), MENU, 6.0) == (409, "unverified_order")
+    dearer = {**MENU, "prod-lbn": product("prod-lbn", 6.0)}
+    assert refusal(rules.vouch, priced_order(), dearer, 5.0) == (409, "unverified_order")
+    unpriced = {**MENU, "prod-lbn": product("prod-lbn", None)}  # type: ignore[arg-type]
+    assert refusal(rules.vouch, priced_order(), unpriced, 5.0) == (409, "unverified_order")
+
+
+def test_check_accepted_wants_every_sale_of_the_order_steps() -> None:
+    """check_accepted: Step 4's SALE_OUT for every item, by their ids (only the hub and the
+    platform write those); a kitchen's own TASK_DONE is no acceptance."""
+    assert refusal(rules.check_accepted, state("ready")) is None
+    assert refusal(rules.check_accepted, state("ready", skip=("sale.prod-lbn",))) == (
+        409, "out_of_turn")  # fmt: skip
+    by_hand = OrderState(ORDER, [*events(2), Event(
+        id="evt-1", stream_id=ORDER, seq=3, pos=3, opcode=Opcode.SALE_OUT, node_id="prod-shw",
+        point_id="pt-shw", delta=-2, payload="{}", ts="2026-11-27T12:33:00.000Z"), Event(
+        id="evt-2", stream_id=ORDER, seq=4, pos=4, opcode=Opcode.SALE_OUT, node_id="prod-lbn",
+        point_id="pt-lbn", delta=-1, payload="{}", ts="2026-11-27T12:34:00.000Z")])  # fmt: skip
+    assert refusal(rules.check_accepted, by_hand) == (409, "out_of_turn")
+
+
+def test_assigned_to_and_step() -> None:
+    """assigned_to: a TASK_ASSIGN names the driver; step: the event of a step, by its id."""
+    assert state("assigned").assigned_to("rami")
+    assert not state("assigned").assigned_to("omar")
+    assert not state("ready").assigned_to("rami")
+    paid = state("paid").step("pay")
+    assert paid is not None
+    assert (paid.id, paid.opcode, paid.delta) == (f"{ORDER}.pay", Opcode.INVOICE_PAYMENT, 46)
+    assert state("placed").step("pay") is None
+
+
+class PagedNode:
+    """The one method of a Node the order flow's reads use, over a list of events."""
+
+    def __init__(self, stored: list[Event]) -> None:
+        self.stored = stored
+        self.reads: list[tuple[int, int]] = []
+
+    async def read_events(self, stream_id: str, since: int, limit: int, *,
+                          archived: bool) -> list[Event]:  # fmt: skip
+        self.reads.append((since, limit))
+        return [e for e in self.stored if e.seq > since][:limit]
+
+
+async def test_load_sees_the_whole_of_a_long_stream() -> None:
+    """load reads an order's stream page by page to its end and keeps only what the steps
+    look at: a customer's 2,500 payments after the assignment hide neither ORDER_SHIP nor
+    ORDER_DELIVER (the first 1,000 events alone told 'assigned')."""
+    from hub.domain.orders.stream import READ_MAX, load
+
+    head = events(AT["assigned"])
+    padding = [Event(id=f"evt-{i}", stream_id=ORDER, seq=9 + i, pos=9 + i,
+                     opcode=Opcode.INVOICE_PAYMENT, node_id=None, point_id=None, delta=0,
+                     payload="{}", ts="2026-11-27T12:40:00.000Z") for i in range(2500)]  # fmt: skip
+    tail = [event(2509 + i, *row) for i, row in enumerate(SEED[AT["assigned"]:])]
+    node = PagedNode([*head, *padding, *tail])
+    got = await load(node, ORDER)  # type: ignore[arg-type]
+    assert got.status == "delivered"
+    assert got.has("ship")
+    assert got.has("payin")
+    assert got.driver == "rami"
+    assert [e.id for e in got.events] == [e.id for e in [*head, *tail]]  # no padding kept
+    assert node.reads == [(0, READ_MAX), (1000, READ_MAX), (2000, READ_MAX)]  # 2,512 events
+
+
+# -- ids and tenant ids a party writes --------------------------------------------------------
+
+
+def test_the_order_steps_ids_are_refused_to_the_parties() -> None:
+    """check_client_ids: an id ``{streamId}.…`` chosen by a party is 422 reserved_id; the
+    platform may; ids drawn by the hub, and other streams' step ids, are fine."""
+    from hub.domain.auth import check_client_ids
+    from hub.events import parse_draft
+
+    def drafts(*ids: str | None) -> list[Any]:
+        return [parse_draft({"opcode": 203, **({"id": i} if i else {})}, stream_id=ORDER)
+                for i in ids]  # fmt: skip
+
+    for who in (ALI, KITCHEN, RAMI):
+        for ids in ((f"{ORDER}.assign",), (None, f"{ORDER}.sale.prod-shw"), (f"{ORDER}.",)):
+            with pytest.raises(Unprocessable) as caught:
+                check_client_ids(who, ORDER, drafts(*ids))
+            assert caught.value.code == "reserved_id"
+        check_client_ids(who, ORDER, drafts(None, "ord-5002.assign", ORDER, f"{ORDER}-x.pay"))
+    check_client_ids(PLATFORM, ORDER, drafts(f"{ORDER}.assign"))
+
+
+@pytest.mark.parametrize(("opcode", "payload", "refused"), [
+    (Opcode.ORDER_CREATE, {"customer": "../x", "restaurant": "bab-hara"}, True),
+    (Opcode.ORDER_CREATE, {"customer": "ali", "restaurant": "Bab"}, True),
+    (Opcode.ORDER_CREATE, {"customer": ["ali"]}, True),
+    (Opcode.ORDER_CREATE, {"customer": None}, True),
+    (Opcode.TASK_ASSIGN, {"driver": "x" * 64}, True),
+    (Opcode.TASK_ASSIGN, {"driver": "rami\n"}, True),
+    (Opcode.ORDER_CREATE, {"customer": "ali", "restaurant": "bab-hara"}, False),
+    (Opcode.ORDER_CREATE, {}, False),  # names nobody: confers nothing
+    (Opcode.TASK_ASSIGN, {"driver": "rami"}, False),
+    (Opcode.INVOICE_PAYMENT, {"customer": "../x"}, False),  # names no tenant there
+])  # fmt: skip
+def test_payload_fields_naming_tenants_must_be_tenant_ids(
+    opcode: int, payload: dict[str, Any], refused: bool
+) -> None:
+    """ORDER_CREATE's customer and restaurant and TASK_ASSIGN's driver, when present, are
+    tenant ids or the event is 400 invalid_tenant_id (for every writer)."""
+    from hub.errors import BadRequest
+    from hub.events import parse_body, parse_draft
+
+    draft = {"opcode": int(opcode), "payload": payload}
+    for parse in (lambda: parse_draft(draft, stream_id=ORDER),
+                  lambda: parse_body(json.dumps(draft).encode(), stream_id=ORDER)):  # fmt: skip
+        if not refused:
+            parse()
+            continue
+        with pytest.raises(BadRequest) as caught:
+            parse()
+        assert (caught.value.status, caught.value.code) == (400, "invalid_tenant_id")

@@ -5,6 +5,16 @@ UPDATE that records the order in ``claim``: exactly one order gets an idle drive
 retried Step 6 finds it. An order that finds no idle driver stays ``ready`` and is offered
 the next driver that becomes idle (:meth:`Dispatch.assign_waiting`). At start-up,
 :meth:`Dispatch.recover` finishes what a crash left half-done across the databases.
+
+A claim must end in the order's TASK_ASSIGN or be undone: a driver claimed for an order
+that never names him is ``en-route`` with nothing to deliver, and can neither go offline
+nor come online. So Step 6 checks first everything that could refuse the TASK_ASSIGN (the
+order ready, accepted by the kitchen, not assigned), undoes the claim when the append is
+refused after all (:meth:`Dispatch._undo`), and start-up recovery completes or undoes every
+claim whose order has no TASK_ASSIGN for its driver. Only a claim whose append may have
+committed (503: the streams DB did not answer) is kept: the order stays ``ready`` and the
+next attempt (a retried ``ready``, a driver coming online, a delivery, a restart) finds
+the claim and completes the assignment.
 """
 
 from __future__ import annotations
@@ -14,9 +24,15 @@ import logging
 
 from hub.domain.gps import Gps
 from hub.domain.node import Node
-from hub.domain.orders.rules import DEFAULT_VEHICLE, distance_km, pickup_eta
-from hub.domain.orders.stream import append, load, read_events, step_event
-from hub.errors import HubError, Unprocessable
+from hub.domain.orders.rules import (
+    DEFAULT_VEHICLE,
+    OrderState,
+    check_accepted,
+    distance_km,
+    pickup_eta,
+)
+from hub.domain.orders.stream import append, load, step_event
+from hub.errors import HubError, NotFound, Unavailable, Unprocessable
 from hub.events import Event, Opcode, now_ts
 from hub.infra.orderdb import DriverPoint, OrderDb, RestaurantRow
 from hub.timing import KeyedLocks
@@ -47,32 +63,67 @@ class Dispatch:
         self._locked = locks
         self._assign = asyncio.Lock()  # one driver assignment at a time in this process
 
-    async def assign(self, order_id: str) -> list[Event]:
-        """Step 6: give a ready order the nearest idle driver (no-op if none is idle)."""
+    async def assign(self, order_id: str) -> list[Event] | None:
+        """Step 6: give a ready order the nearest idle driver. The TASK_ASSIGN written;
+        ``[]`` when the order wants no driver (not ready, or assigned); None when no driver
+        is idle (the order stays ready)."""
         async with self._assign, self._locked(order_id):
             state = await load(self.node, order_id)
             if state.has("assign") or state.status != "ready":
                 return []
+            # What would refuse the TASK_ASSIGN, checked before a driver is claimed.
+            state.check_items()
+            check_accepted(state)
             node_id, lat, lng = await find_restaurant(self.db, state.restaurant)
             claimed = await self._claim(order_id, lat, lng)
             if claimed is None:
-                return []  # stays ready; assigned when a driver becomes idle
-            driver, point_id, dlat, dlng = claimed
-            profile = await self.db.driver_profile(driver)
-            vehicle = (profile or {}).get("vehicle", DEFAULT_VEHICLE)
-            eta = pickup_eta(distance_km((dlat, dlng), (lat, lng)))
-            restaurant = await self.db.node(state.restaurant, node_id)
-            pickup = restaurant[1].get("address") if restaurant is not None else None
-            await self.db.start_delivery(driver, point_id, order_id, now_ts(), {
-                "restaurant": state.restaurant, "pickupAddress": pickup,
-                "deliverTo": state.payload.get("deliveryAddress")})  # fmt: skip
-            written = await append(self.node, order_id, [step_event(
-                order_id, "assign", Opcode.TASK_ASSIGN,
-                {"task": "delivery", "driver": driver, "vehicle": vehicle, "eta": eta},
-                node_id=driver)])  # fmt: skip
+                return None  # stays ready; assigned when a driver becomes idle
+            try:
+                written = await self._assign_to(state, claimed, node_id, (lat, lng))
+            except Unavailable:
+                raise  # it may have committed: the claim stays, the next attempt completes it
+            except Exception:
+                await self._undo(order_id, claimed.driver)
+                raise
             if self.gps is not None:
-                self.gps.forget(driver)
+                self.gps.forget(claimed.driver)
             return written
+
+    async def _assign_to(self, state: OrderState, claimed: DriverPoint, node_id: str,
+                         at: tuple[float | None, float | None]) -> list[Event]:  # fmt: skip
+        """Step 6's writes for the claimed driver: his DB, then the TASK_ASSIGN."""
+        order_id = state.order_id
+        driver, point_id, dlat, dlng = claimed
+        profile = await self.db.driver_profile(driver)
+        vehicle = (profile or {}).get("vehicle", DEFAULT_VEHICLE)
+        eta = pickup_eta(distance_km((dlat, dlng), at))
+        restaurant = await self.db.node(state.restaurant, node_id)
+        pickup = restaurant[1].get("address") if restaurant is not None else None
+        await self.db.start_delivery(driver, point_id, order_id, now_ts(), {
+            "restaurant": state.restaurant, "pickupAddress": pickup,
+            "deliverTo": state.payload.get("deliveryAddress")})  # fmt: skip
+        return await append(self.node, order_id, [step_event(
+            order_id, "assign", Opcode.TASK_ASSIGN,
+            {"task": "delivery", "driver": driver, "vehicle": vehicle, "eta": eta},
+            node_id=driver)])  # fmt: skip
+
+    async def _undo(self, order_id: str, driver: str) -> bool:
+        """Undo the claim of ``driver`` for ``order_id`` unless the order's stream names
+        him in a TASK_ASSIGN (another attempt's, or another instance's, went through);
+        kept too when the stream cannot be read. True when undone."""
+        try:
+            assigned = (await load(self.node, order_id)).assigned_to(driver)
+        except NotFound:
+            assigned = False
+        except Exception:
+            log.exception("cannot tell whether %s was assigned %s; the claim stays", driver,
+                          order_id)  # fmt: skip
+            return False
+        if assigned or not await self.db.undo_claim(order_id, driver):
+            return False
+        log.warning("released driver %s: his claim for %s never became a TASK_ASSIGN", driver,
+                    order_id)  # fmt: skip
+        return True
 
     async def _claim(self, order_id: str, lat: float | None, lng: float | None
                      ) -> DriverPoint | None:  # fmt: skip
@@ -96,8 +147,8 @@ class Dispatch:
         )
         for order_id in waiting:
             try:
-                if not await self.assign(order_id):
-                    return  # no idle driver left
+                if await self.assign(order_id) is None:
+                    return  # no idle driver left (an order that wants none is skipped)
             except HubError as exc:
                 log.warning("cannot assign %s: %s", order_id, exc)
             except Exception:
@@ -111,22 +162,42 @@ class Dispatch:
     async def recover(self) -> None:
         """At start-up, finish what a crash left half-done across databases.
 
-        A driver still claimed by a delivered order is released (at its last known
-        position); orders that are ready without a driver get one if any is idle.
+        A driver still claimed by a delivered (or archived) order is released at his last
+        known position. A claim whose order has no TASK_ASSIGN for its driver is completed
+        when the order is ready for him (a crash between the claim and the TASK_ASSIGN), and
+        undone otherwise (a refused TASK_ASSIGN, an order gone, another driver assigned).
+        Then orders that are ready without a driver get one if any is idle.
         """
         for driver, order_id in await self.db.claims():
             try:
-                events = await read_events(self.node, order_id)
-                info = await self.node.stream_info(order_id)
-                delivered = any(e.opcode == Opcode.ORDER_DELIVER for e in events) or bool(
-                    info and info.archived
-                )
-                if not delivered:
-                    continue
-                at = await self.db.position(driver)
-                lat, lng = at if at is not None else (None, None)
-                await self.release(order_id, driver, lat, lng)
-                log.warning("released driver %s still claimed by delivered %s", driver, order_id)
+                await self._recover_claim(driver, order_id)
             except Exception:
                 log.exception("recovering the claim of %s on %s failed", driver, order_id)
         await self.assign_waiting()
+
+    async def _recover_claim(self, driver: str, order_id: str) -> None:
+        info = await self.node.stream_info(order_id)
+        try:
+            state: OrderState | None = await load(self.node, order_id)
+        except NotFound:  # no such order, or archived (its events are gone from the DB)
+            state = None
+        delivered = bool(info and info.archived) or (
+            state is not None and state.status == "delivered"
+        )
+        if delivered:
+            at = await self.db.position(driver)
+            lat, lng = at if at is not None else (None, None)
+            await self.release(order_id, driver, lat, lng)
+            log.warning("released driver %s still claimed by delivered %s", driver, order_id)
+            return
+        if state is not None and state.assigned_to(driver):
+            return  # on his way: the claim ends at Step 10
+        if state is not None and not state.has("assign"):
+            try:
+                await self.assign(order_id)  # finds the claim: completes Step 6 if it may
+            except Unavailable:
+                raise  # cannot tell: the claim stays until the next start
+            except HubError as exc:
+                log.warning("cannot complete the assignment of %s: %s", order_id, exc)
+        async with self._assign, self._locked(order_id):
+            await self._undo(order_id, driver)

@@ -35,6 +35,7 @@ __all__ = [
     "STATUSES",
     "STATUS_OPCODES",
     "OrderState",
+    "check_accepted",
     "check_may",
     "check_party",
     "check_turn",
@@ -42,6 +43,7 @@ __all__ = [
     "order_status",
     "ready_turn",
     "status_of",
+    "vouch",
 ]
 
 CURRENCY = "AED"
@@ -92,7 +94,12 @@ def status_of(opcodes: Collection[int]) -> str | None:
 
 @dataclass
 class OrderState:
-    """An order as its stream tells it."""
+    """An order as its stream tells it.
+
+    ``events`` may be the whole stream or what :func:`~hub.domain.orders.stream.load` keeps
+    of it (the first event of each opcode, every TASK_ASSIGN and every event of the order
+    steps): what follows reads nothing else.
+    """
 
     order_id: str
     events: list[Event]
@@ -154,6 +161,16 @@ class OrderState:
 
     def has(self, step: str) -> bool:
         return f"{self.order_id}.{step}" in self.ids
+
+    def step(self, step: str) -> Event | None:
+        """The event ``step`` wrote (id ``{order_id}.{step}``), if it is in the stream."""
+        wanted = f"{self.order_id}.{step}"
+        return next((e for e in self.events if e.id == wanted), None)
+
+    def assigned_to(self, driver: str) -> bool:
+        """Whether a TASK_ASSIGN of the stream names ``driver``."""
+        return any(e.opcode == Opcode.TASK_ASSIGN and e.payload_obj.get("driver") == driver
+                   for e in self.events)  # fmt: skip
 
     def written(self, steps: Sequence[str]) -> list[Event]:
         wanted = {f"{self.order_id}.{s}" for s in steps}
@@ -258,9 +275,16 @@ def ready_turn(state: OrderState) -> bool:
             raise already_done(state)
         return False
     check_turn(state, "ready")
+    check_accepted(state)
+    return True
+
+
+def check_accepted(state: OrderState) -> None:
+    """409 unless Step 4 took the order's stock: its SALE_OUT events, whose ids only the hub
+    (after :func:`vouch`) and the platform write, are the proof that the kitchen accepted
+    an order the hub vouched for."""
     if not accepted(state):
         raise Conflict("not now: the kitchen has not accepted it", code="out_of_turn")
-    return True
 
 
 def deliver_turn(state: OrderState) -> str:
@@ -314,6 +338,38 @@ def order_total(items: Sequence[Mapping[str, Any]], delivery_fee: float) -> floa
     for item in items:
         subtotal += float(item["price"]) * item["qty"]
     return money(subtotal + delivery_fee)
+
+
+def unverified(reason: str) -> Conflict:
+    return Conflict(f"the hub cannot vouch for this order: {reason}", code="unverified_order")
+
+
+def vouch(state: OrderState, offer: Mapping[str, ProductRow], delivery_fee: float) -> None:
+    """409 ``unverified_order`` unless the hub can vouch for the order before its stock is
+    taken: every item at the price the restaurant's menu (``offer``) gives it, the total
+    those prices plus ``delivery_fee``, and Step 2's payment (``{order_id}.pay``, which only
+    the hub and the platform write) covering that total.
+
+    An ORDER_CREATE or INVOICE_PAYMENT a party wrote through the generic event API is the
+    party's say-so: it may name any price, total or amount (a total of 0.01, a payment of 0).
+    Call after :meth:`OrderState.check_items`.
+    """
+    priced: list[dict[str, Any]] = []
+    for item in state.items:
+        pid, price = item["productId"], item.get("price")
+        row = offer.get(pid)
+        if row is None or row.price is None:
+            raise unverified(f"{pid!r} is not on the restaurant's menu")
+        if (isinstance(price, bool) or not isinstance(price, int | float)
+                or money(price) != money(row.price)):  # fmt: skip
+            raise unverified(f"the price of {pid!r} is not the menu's")
+        priced.append({"price": row.price, "qty": item["qty"]})
+    total = order_total(priced, delivery_fee)
+    if money(state.total) != total:
+        raise unverified(f"its total is not the items' prices plus the delivery fee ({total:g})")
+    paid = state.step("pay")
+    if paid is None or paid.opcode != Opcode.INVOICE_PAYMENT or money(paid.delta) < total:
+        raise unverified("it is not paid in full (POST /api/orders/{id}/pay)")
 
 
 def item_count(items: Sequence[Mapping[str, Any]]) -> int:

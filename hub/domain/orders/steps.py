@@ -2,9 +2,15 @@
 
 Each step takes its request already parsed (:mod:`hub.edge.orders`), checks who asks and
 that it is the step's turn (:mod:`~hub.domain.orders.rules`), then writes: the tenant and
-public DBs through :class:`~hub.infra.orderdb.OrderDb`, then the order's stream. The
+public DBs through :class:`~hub.infra.orderdb.OrderDb`, and the order's stream. The
 databases cannot share one transaction, so every step can be retried after a crash
-part-way and completes only what is missing; a refused step writes nothing.
+part-way and completes only what is missing; a refused step writes nothing. Step 1 writes
+its ORDER_CREATE first: the stream may still refuse it (the order id taken meanwhile, the
+streams DB down), and the order nodes of an order that does not exist would stay for good.
+
+The kitchen accepts (and so takes stock for) only an order the hub can vouch for
+(:func:`~hub.domain.orders.rules.vouch`): anyone may write an ORDER_CREATE of their own
+through the generic event API, with any price.
 """
 
 from __future__ import annotations
@@ -36,11 +42,13 @@ from hub.domain.orders.rules import (
     ready_turn,
     split_payment,
     stock_takes,
+    vouch,
 )
-from hub.domain.orders.stream import append, load, read_events, step_event
-from hub.errors import Conflict, Forbidden, NotFound
+from hub.domain.orders.stream import append, load, step_event
+from hub.errors import Conflict, Forbidden, NotFound, Unavailable
 from hub.events import STREAM_ID_RE, Event, NewEvent, Opcode, now_ts
 from hub.infra.orderdb import OrderDb
+from hub.infra.store import StreamInfo
 from hub.infra.tenants import Tenants
 from hub.timing import KeyedLocks
 
@@ -48,6 +56,7 @@ __all__ = ["NewOrder", "Orders"]
 
 DELIVER_STEPS = ("deliver", "payout", "payin")
 STOCK_ATTEMPTS = 8  # reads of the stock when other orders take it meanwhile
+ORDER_ID_DRAWS = 4  # order ids drawn at most when the drawn one is taken
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +131,7 @@ class Orders:
     async def details(self, who: Principal, order_id: str) -> dict[str, Any]:
         """What the apps show of an order: parties, places, items, driver position."""
         info = await self.node.read(who, order_id)
-        state = OrderState(order_id, await read_events(self.node, order_id,
-                                                       archived=info.archived))  # fmt: skip
+        state = await load(self.node, order_id, archived=info.archived)
         _, lat, lng = await find_restaurant(self.db, state.restaurant)
         profile = await self.db.restaurant_profile(state.restaurant)
         where = None
@@ -162,38 +170,64 @@ class Orders:
         items = price_items(order.items, offer)
         total = order_total(items, self.settings.delivery_fee)
         order_id = order.order_id
-        if order_id is None:
-            order_id = f"ord-{secrets.token_hex(5)}"
-        if await self.node.stream_info(order_id) is not None:
-            existing = await load(self.node, order_id)
-            if existing.customer != who.tenant:
-                raise Forbidden("ORDER_CREATE may only open a new stream")
-            raise Conflict("this order already exists", code="already_done")
-        where = order.delivery_location
-        ts = now_ts()
-        await self.db.insert_order_node(
-            who.tenant,
-            order_id,
-            f"Order {order_id}",
-            ts,
-            {
-                "restaurant": restaurant,
-                "items": items,
-                "total": total,
-                **({"deliveryLocation": {"lat": where[0], "lng": where[1]}} if where else {}),
-            },
-        )
-        await self.db.insert_order_node(restaurant, order_id, f"{order_id} - {who.tenant}", ts, {
-            "customer": who.tenant, "items": items, "total": total,
-            "deliveryAddress": order.delivery_address})  # fmt: skip
+        for _ in range(ORDER_ID_DRAWS):
+            if order.order_id is None:
+                order_id = f"ord-{secrets.token_hex(5)}"
+            assert order_id is not None
+            info = await self.node.stream_info(order_id)
+            if info is None:
+                break
+            if order.order_id is not None:
+                await self._placed_already(who, order, info)  # raises
+        else:
+            raise Unavailable("no free order id was drawn; retry")
         create = step_event(order_id, "create", Opcode.ORDER_CREATE, {
             "customer": who.tenant, "restaurant": restaurant, "items": items,
             "deliveryAddress": order.delivery_address, "notes": order.notes, "channel": "app",
         }, delta=total)  # fmt: skip
-        out = response(order_id, "placed", await append(self.node, order_id, [create],
-                                                         first=True))  # fmt: skip
+        # The ORDER_CREATE first: refused, it leaves nothing behind; committed, the order
+        # nodes follow (a retry with the same orderId writes those still missing).
+        written = await append(self.node, order_id, [create], first=True)
+        await self._order_nodes(who.tenant, order, written[0])
+        out = response(order_id, "placed", written)
         out.update(streamId=order_id, total=total, currency=CURRENCY)
         return out
+
+    async def _placed_already(self, who: Principal, order: NewOrder, info: StreamInfo) -> None:
+        """Step 1 again for an order that exists: 403 when it is not the caller's (as for
+        anyone's ORDER_CREATE on a stream that is not new), else 409 ``already_done``, once
+        the order nodes a crash after its ORDER_CREATE left unwritten are written."""
+        order_id = info.stream_id
+        if who.tenant not in info.members:
+            raise Forbidden("ORDER_CREATE may only open a new stream")
+        if not info.archived:
+            try:
+                state = await load(self.node, order_id)
+            except NotFound:
+                raise Forbidden("ORDER_CREATE may only open a new stream") from None
+            if state.customer != who.tenant:
+                raise Forbidden("ORDER_CREATE may only open a new stream")
+            created = state.step("create")
+            if created is not None and created.opcode == Opcode.ORDER_CREATE:
+                await self._order_nodes(who.tenant, order, created)
+        raise Conflict("this order already exists", code="already_done")
+
+    async def _order_nodes(self, customer: str, order: NewOrder, created: Event) -> None:
+        """Step 1's order nodes in the customer's and the restaurant's DBs, as the order's
+        ORDER_CREATE (``created``) tells them; those already there are left as they are."""
+        order_id, payload = created.stream_id, created.payload_obj
+        restaurant, items = payload.get("restaurant"), payload.get("items")
+        if not isinstance(restaurant, str) or not self.db.exists(restaurant):
+            return
+        where = order.delivery_location
+        await self.db.insert_order_node(customer, order_id, f"Order {order_id}", created.ts, {
+            "restaurant": restaurant, "items": items, "total": created.delta,
+            **({"deliveryLocation": {"lat": where[0], "lng": where[1]}} if where else {}),
+        })  # fmt: skip
+        await self.db.insert_order_node(restaurant, order_id, f"{order_id} - {customer}",
+                                        created.ts, {
+            "customer": customer, "items": items, "total": created.delta,
+            "deliveryAddress": payload.get("deliveryAddress")})  # fmt: skip
 
     # -- Step 2 ------------------------------------------------------------------------
 
@@ -220,6 +254,9 @@ class Orders:
             state = await self._member_state(who, order_id, "accept")
             state.check_items()
             check_turn(state, "accept")
+            await find_restaurant(self.db, state.restaurant)
+            offer = await self.db.products(state.restaurant, [i["productId"] for i in state.items])
+            vouch(state, offer, self.settings.delivery_fee)
             points = await self._take_stock(state)
             events = [
                 step_event(order_id, "task", Opcode.TASK_CREATE, {

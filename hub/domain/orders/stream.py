@@ -2,7 +2,15 @@
 
 The stream is the order's truth: every step reads the order's events, checks that it is
 its turn, then writes. Event ids derive from the order and the step (``ord-5001.pay``),
-so a retried append returns the stored event instead of writing another.
+so a retried append returns the stored event instead of writing another. Those ids are
+the order flow's alone: ids are unique within their stream, and a party may not choose an
+id ``{streamId}.…`` through the generic event API (:func:`hub.domain.auth.check_client_ids`).
+
+The parties may append to the stream through the generic event API without end (a
+customer's INVOICE_PAYMENT, a kitchen's TASK_START), so :func:`load` reads the whole
+stream, page by page, and keeps only what the order steps look at: however long the
+stream grows, no step misses one of its events (a driver whose ORDER_SHIP lay past the
+first page could never deliver) and no step holds more than a page in memory.
 """
 
 from __future__ import annotations
@@ -14,11 +22,12 @@ from typing import Any
 from hub.domain.node import Node
 from hub.domain.orders.rules import OrderState
 from hub.errors import Forbidden
-from hub.events import STREAM_ID_RE, Event, NewEvent, now_ts
+from hub.events import STREAM_ID_RE, Event, NewEvent, Opcode, now_ts
 
 __all__ = ["append", "load", "read_events", "step_event"]
 
-READ_MAX = 1000  # events of one order read at most
+READ_MAX = 1000  # events of one order read at once
+ARCHIVED_READ = 1 << 31  # an archived stream is read whole anyway (one object)
 
 
 def step_event(order_id: str, step: str, opcode: int, payload: Mapping[str, Any], *,
@@ -38,15 +47,39 @@ def step_event(order_id: str, step: str, opcode: int, payload: Mapping[str, Any]
 
 
 async def read_events(node: Node, order_id: str, *, archived: bool = False) -> list[Event]:
-    """The order's events (at most :data:`READ_MAX`), live or from the archive."""
-    return await node.read_events(order_id, 0, READ_MAX, archived=archived)
+    """What the order steps look at of the order's events (see :func:`load`), live or
+    from the archive, in ``seq`` order."""
+    kept: list[Event] = []
+    seen: set[int] = set()
+    steps = order_id + "."
+    since, page = 0, ARCHIVED_READ if archived else READ_MAX
+    while True:
+        events = await node.read_events(order_id, since, page, archived=archived)
+        for e in events:
+            if e.opcode not in seen or e.opcode == Opcode.TASK_ASSIGN or e.id.startswith(steps):
+                kept.append(e)
+                seen.add(e.opcode)
+        if len(events) < page:
+            return kept
+        since = events[-1].seq
 
 
-async def load(node: Node, order_id: str) -> OrderState:
-    """The order as its stream (in the streams DB) tells it; 404 when there is none."""
+async def load(node: Node, order_id: str, *, archived: bool = False) -> OrderState:
+    """The order as its stream tells it; 404 when there is none.
+
+    It keeps the first event of each opcode (the order's status, its ORDER_CREATE), every
+    TASK_ASSIGN (only the hub and the platform write them) and every event of the order
+    steps (ids ``{order_id}.…``): bounded, whatever else the parties appended.
+    """
     if not STREAM_ID_RE.match(order_id):
         raise Forbidden("not a member of this order")
-    return OrderState(order_id, await read_events(node, order_id))
+    events = await read_events(node, order_id, archived=archived)
+    if not archived and not any(e.opcode == Opcode.ORDER_CREATE for e in events):
+        # Archived since the caller looked (Step 11 deletes the events): read the archive.
+        info = await node.stream_info(order_id)
+        if info is not None and info.archived:
+            events = await read_events(node, order_id, archived=True)
+    return OrderState(order_id, events)
 
 
 async def append(node: Node, order_id: str, events: Sequence[NewEvent], *,

@@ -11,7 +11,9 @@ from hub.errors import Conflict, Forbidden
 from hub.events import TENANT_ID_RE, Event, NewEvent, Opcode
 
 __all__ = [
+    "MIGRATE_EVENTS",
     "SCHEMA",
+    "SELECT_EVENTS_DDL",
     "AppendResult",
     "CommitListener",
     "NotFirstEvent",
@@ -19,12 +21,15 @@ __all__ = [
     "StreamArchived",
     "StreamInfo",
     "find_streams_sql",
+    "ids_scoped",
     "members_named",
 ]
 
-SCHEMA: tuple[str, ...] = (
-    """CREATE TABLE IF NOT EXISTS events (
-        id TEXT NOT NULL UNIQUE,
+# Event ids are unique within their stream, not across streams (docs/protocol.md §3): a
+# client-chosen id that another stream holds is no answer of that stream's, so writing one
+# tells the writer nothing about streams it cannot read.
+_EVENTS_TABLE = """CREATE TABLE IF NOT EXISTS {name} (
+        id TEXT NOT NULL,
         streamId TEXT NOT NULL,
         opcode INTEGER NOT NULL,
         nodeId TEXT,
@@ -34,8 +39,13 @@ SCHEMA: tuple[str, ...] = (
         ts TEXT NOT NULL,
         seq INTEGER NOT NULL,
         pos INTEGER PRIMARY KEY AUTOINCREMENT,
+        UNIQUE (streamId, id),
         UNIQUE (streamId, seq)
-    )""",
+    )"""
+_BY_OPCODE = "CREATE INDEX IF NOT EXISTS events_by_opcode ON events (opcode, streamId)"
+
+SCHEMA: tuple[str, ...] = (
+    _EVENTS_TABLE.format(name="events"),
     """CREATE TABLE IF NOT EXISTS streams (
         streamId TEXT PRIMARY KEY,
         lastSeq INTEGER NOT NULL,
@@ -49,8 +59,31 @@ SCHEMA: tuple[str, ...] = (
         PRIMARY KEY (streamId, tenant)
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS members_by_tenant ON members (tenant, streamId)",
-    "CREATE INDEX IF NOT EXISTS events_by_opcode ON events (opcode, streamId)",
+    _BY_OPCODE,
 )
+
+# A streams DB made before ids were scoped to their stream has ``id TEXT NOT NULL UNIQUE``.
+# SQLite cannot drop that constraint, so the table is rebuilt in one transaction (run after
+# SCHEMA): same rows, same ``pos``, and the AUTOINCREMENT counter carried over so that a
+# ``pos`` is never reused (not even that of an archived, deleted event).
+SELECT_EVENTS_DDL = "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'events'"
+_COLUMNS = "id, streamId, opcode, nodeId, pointId, delta, payload, ts, seq, pos"
+MIGRATE_EVENTS: tuple[str, ...] = (
+    _EVENTS_TABLE.format(name="events_scoped").replace(" IF NOT EXISTS", ""),
+    f"INSERT INTO events_scoped ({_COLUMNS}) SELECT {_COLUMNS} FROM events",
+    "DELETE FROM sqlite_sequence WHERE name = 'events_scoped'",
+    "INSERT INTO sqlite_sequence (name, seq)"
+    " SELECT 'events_scoped', seq FROM sqlite_sequence WHERE name = 'events'",
+    "DROP TABLE events",
+    "ALTER TABLE events_scoped RENAME TO events",  # renames its sqlite_sequence row too
+    _BY_OPCODE,
+)
+
+
+def ids_scoped(events_ddl: str | None) -> bool:
+    """Whether the ``events`` table's DDL (None: no table) scopes ids to their stream."""
+    return events_ddl is None or "UNIQUE(streamId,id)" in "".join(events_ddl.split())
+
 
 EVENT_COLUMNS = "id, streamId, seq, pos, opcode, nodeId, pointId, delta, payload, ts"
 
@@ -66,6 +99,12 @@ SELECT_INBOX = (
 )
 SELECT_STREAM_ROW = "SELECT lastSeq, archived FROM streams WHERE streamId = ?"
 SELECT_MEMBERS = "SELECT tenant, fromPos FROM members WHERE streamId = ?"
+
+
+def select_stored(count: int) -> str:
+    """The stored events of one stream among ``count`` ids (args: the stream, the ids)."""
+    marks = ",".join("?" * count)
+    return f"SELECT {EVENT_COLUMNS} FROM events WHERE streamId = ? AND id IN ({marks})"
 
 
 def select_opcodes(among: Sequence[int]) -> str:
@@ -158,7 +197,11 @@ def members_named(event: NewEvent | Event) -> list[str]:
 
 
 def check_retry(existing: Event, new: NewEvent, stream_id: str) -> None:
-    """Raise :class:`Conflict` unless ``new`` repeats ``existing`` exactly."""
+    """Raise :class:`Conflict` unless ``new`` repeats ``existing`` exactly.
+
+    ``existing`` is always of ``stream_id`` (ids are unique within a stream only: an id
+    held by another stream is not looked at, so its answer cannot tell that stream exists).
+    """
     if existing.stream_id != stream_id or not existing.same_content(new):
         raise Conflict(f"event {new.id!r} already exists with other content")
 

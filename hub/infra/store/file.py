@@ -33,9 +33,10 @@ from typing import Any, TypeVar
 from hub.errors import HubError, Unavailable
 from hub.events import Event, NewEvent
 from hub.infra.store.base import (
-    EVENT_COLUMNS,
+    MIGRATE_EVENTS,
     SCHEMA,
     SELECT_ALL,
+    SELECT_EVENTS_DDL,
     SELECT_INBOX,
     SELECT_MEMBERS,
     SELECT_STREAM,
@@ -47,9 +48,11 @@ from hub.infra.store.base import (
     StreamInfo,
     check_retry,
     find_streams_sql,
+    ids_scoped,
     members_named,
     row_to_event,
     select_opcodes,
+    select_stored,
 )
 
 __all__ = ["FileStore", "connect", "path_from_url"]
@@ -171,14 +174,10 @@ def _settle(batch: list[_Write], listener: CommitListener | None) -> None:
 def _apply(conn: sqlite3.Connection, req: _Append) -> AppendResult:
     """Write one append request inside the open transaction."""
     ids = [e.id for e in req.events if not e.fresh_id]  # retries name their ids
-    marks = ",".join("?" * len(ids))
     existing = {
         ev.id: ev
-        for ev in map(
-            row_to_event,
-            conn.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE id IN ({marks})", ids),
-        )
-    } if ids else {}
+        for ev in map(row_to_event, conn.execute(select_stored(len(ids)), [req.stream_id, *ids]))
+    } if ids else {}  # fmt: skip
     for new in req.events:
         if new.id in existing:
             check_retry(existing[new.id], new, req.stream_id)
@@ -275,6 +274,11 @@ class FileStore:
             conn.execute("BEGIN IMMEDIATE")
             for ddl in SCHEMA:
                 conn.execute(ddl)
+            row = conn.execute(SELECT_EVENTS_DDL).fetchone()
+            if not ids_scoped(row[0] if row else None):
+                log.warning("migrating %s: event ids become unique per stream", self.path)
+                for stmt in MIGRATE_EVENTS:
+                    conn.execute(stmt)
             conn.execute("COMMIT")
         finally:
             conn.close()

@@ -12,13 +12,14 @@ them, because every request costs a network round trip:
   the transaction takes the write lock with its first statement), insert each event
   with its ``seq`` computed in SQL from that row (``INSERT ... SELECT ... RETURNING
   seq, pos``), add the memberships it confers (``INSERT OR IGNORE ... SELECT ... FROM
-  events WHERE id = ?``: from the naming event's ``seq`` and ``pos``), and select the
-  stream's members. The database serializes writers, so ``seq`` stays gap-free however
-  many hub instances append at once. No interactive transaction is needed, which is
+  events WHERE streamId = ? AND id = ?``: from the naming event's ``seq`` and ``pos``),
+  and select the stream's members. The database serializes writers, so ``seq`` stays
+  gap-free however many hub instances append at once. No interactive transaction is needed, which is
   what makes the HTTP transport usable at all.
-- **Retries are found by the database.** An event id that is already stored fails
-  the batch on ``UNIQUE (id)`` and nothing is written. Only then does the store read
-  the stored rows (a second round trip): other content raises
+- **Retries are found by the database.** An event id already stored in the stream (ids
+  are unique per stream) fails the batch on ``UNIQUE (streamId, id)`` and nothing is
+  written. Only then does the store read the stream's stored rows (a second round trip):
+  other content raises
   :class:`~hub.errors.Conflict`; the same content is returned as stored; the events
   not stored yet are appended by running the batch again with just them.
 - **"Not archived" and "must open the stream" are checked in the same batch**, by
@@ -61,9 +62,10 @@ import libsql_client
 from hub.errors import Unavailable, Unprocessable
 from hub.events import Event, NewEvent
 from hub.infra.store.base import (
-    EVENT_COLUMNS,
+    MIGRATE_EVENTS,
     SCHEMA,
     SELECT_ALL,
+    SELECT_EVENTS_DDL,
     SELECT_INBOX,
     SELECT_MEMBERS,
     SELECT_STREAM,
@@ -75,9 +77,11 @@ from hub.infra.store.base import (
     StreamInfo,
     check_retry,
     find_streams_sql,
+    ids_scoped,
     members_named,
     row_to_event,
     select_opcodes,
+    select_stored,
 )
 
 __all__ = ["BUSY_RETRY_S", "REMOTE_SCHEMES", "REQUEST_TIMEOUT_S", "RemoteStore"]
@@ -106,7 +110,7 @@ INSERT_EVENT = (
 )
 INSERT_MEMBER = (
     "INSERT OR IGNORE INTO members (streamId, tenant, fromSeq, fromPos)"
-    " SELECT streamId, ?, seq, pos FROM events WHERE id = ?"
+    " SELECT streamId, ?, seq, pos FROM events WHERE streamId = ? AND id = ?"
 )
 # Each breaks NOT NULL (so the batch rolls back) when its check fails: the stream is
 # archived; the stream had events before (lastSeq was not 0 before BUMP_SEQ).
@@ -114,7 +118,7 @@ CHECK_OPEN = "UPDATE streams SET archived = NULL WHERE streamId = ? AND archived
 CHECK_FIRST = "UPDATE streams SET lastSeq = NULL WHERE streamId = ? AND lastSeq <> ?"
 
 # How the expected failures read in SQLite's messages (sqld may prefix them).
-DUPLICATE_ID = "UNIQUE constraint failed: events.id"
+DUPLICATE_ID = "UNIQUE constraint failed: events.streamId, events.id"
 ARCHIVED = "NOT NULL constraint failed: streams.archived"
 NOT_FIRST = "NOT NULL constraint failed: streams.lastSeq"
 
@@ -180,6 +184,12 @@ class RemoteStore:
             raise ValueError(f"bad streams DB URL {self.url!r}: {exc}") from None
         try:
             await self._batch([(ddl, []) for ddl in SCHEMA])
+            ddl = await self._execute(SELECT_EVENTS_DDL, [])
+            if not ids_scoped(ddl.rows[0][0] if ddl.rows else None):
+                # One transaction; run twice (two instances starting at once) it rebuilds
+                # the already scoped table again, to the same rows.
+                log.warning("migrating the streams DB: event ids become unique per stream")
+                await self._batch([(stmt, []) for stmt in MIGRATE_EVENTS])
         except BaseException:
             client, self._client = self._client, None
             await _close_client(client)
@@ -335,10 +345,9 @@ class RemoteStore:
         self, stream_id: str, ids: list[str]
     ) -> tuple[dict[str, Event], dict[str, int]]:
         """The stored events among ``ids``, and the stream's members, in one round trip."""
-        marks = ",".join("?" * len(ids))
         events_rs, members_rs = await self._batch(
             [
-                (f"SELECT {EVENT_COLUMNS} FROM events WHERE id IN ({marks})", list(ids)),
+                (select_stored(len(ids)), [stream_id, *ids]),
                 (SELECT_MEMBERS, [stream_id]),
             ]
         )
@@ -490,7 +499,7 @@ def _append_batch(
                  n - i, stream_id],
             )
         )  # fmt: skip
-        stmts.extend((INSERT_MEMBER, [tenant, e.id]) for tenant in members_named(e))
+        stmts.extend((INSERT_MEMBER, [tenant, stream_id, e.id]) for tenant in members_named(e))
     stmts.append((CHECK_OPEN, [stream_id]))
     if first:
         stmts.append((CHECK_FIRST, [stream_id, n]))
