@@ -61,6 +61,7 @@ import libsql_client
 
 from hub.errors import Unavailable, Unprocessable
 from hub.events import Event, NewEvent
+from hub.infra.hrana import TokenRefused, check_token
 from hub.infra.store.base import (
     MIGRATE_EVENTS,
     SCHEMA,
@@ -178,6 +179,12 @@ class RemoteStore:
         self._listener = listener
         if self._client is not None:
             return
+        try:
+            await check_token(self.url, self._auth_token, timeout=REQUEST_TIMEOUT_S)
+        except TokenRefused as exc:
+            raise Unavailable(
+                f"the streams DB refused the auth token (HUB_DB_AUTH_TOKEN): {exc}"
+            ) from None
         try:
             self._client = libsql_client.create_client(self.url, auth_token=self._auth_token)
         except libsql_client.LibsqlError as exc:  # a malformed URL
