@@ -2,8 +2,9 @@
 
 :class:`Channels` subscribes the broker to a channel when its first local subscriber
 arrives and unsubscribes when the last one leaves. It is the broker's
-:class:`~hub.infra.broker.Receiver`: the broker calls :meth:`Channels.deliver` with every
-message of a channel this instance subscribed to, and :meth:`Channels.resync` when
+:class:`~hub.infra.broker.Receiver`: the broker calls :meth:`Channels.deliver` with the
+messages this instance published and those of the channels it subscribed to (a channel
+with no local subscriber is dropped here), and :meth:`Channels.resync` when
 messages may have been lost; both hand on to every local :class:`Subscriber` (a
 :class:`~hub.domain.subscription.Subscription`). A message is encoded once (by the event
 itself), however many subscribers it reaches; handing it over never blocks (each

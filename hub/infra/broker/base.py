@@ -82,8 +82,9 @@ class Broker(Protocol):
     ordered: bool
 
     async def start(self, receiver: Receiver) -> None:
-        """Begin delivering messages of subscribed channels to ``receiver``, and telling
-        it to resync when messages may have been lost (a reconnect)."""
+        """Begin delivering to ``receiver``: this instance's own publishes on every channel
+        they route to, another instance's on the channels subscribed here; and tell it to
+        resync when messages may have been lost (a reconnect)."""
 
     async def close(self) -> None:
         """Stop delivering and release connections. Idempotent."""

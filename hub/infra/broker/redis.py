@@ -188,6 +188,7 @@ class RedisBroker:
         if self._closed:
             return
         self._closed = True
+        self._receiver = None  # deliver nothing more (publish, the listener, resync)
         if self._outbox and self._connected:  # hand what is queued to Redis, briefly
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._drain(), 2.0)
@@ -221,6 +222,8 @@ class RedisBroker:
     # -- publishing --------------------------------------------------------------
 
     def _queue(self, channel: str, data: bytes) -> None:
+        if self._closed:
+            return  # nothing sends it any more
         if len(self._outbox) >= self.max_outbox:
             self._outbox.popleft()
             self._dropped = True
