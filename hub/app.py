@@ -1,7 +1,7 @@
 """``hub.app:app``, the ASGI app built from the environment (``uvicorn hub.app:app``).
 
-The entry point the Procfile and ``hub serve`` name; the app itself is assembled in
-:func:`hub.edge.app.create_app`.
+The entry point for any ASGI server (``hub serve`` builds the same app itself); the app is
+assembled in :func:`hub.edge.app.create_app`.
 """
 
 from hub.edge.app import app, create_app

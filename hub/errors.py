@@ -19,6 +19,7 @@ from enum import IntEnum
 
 __all__ = [
     "BadRequest",
+    "Busy",
     "CloseCode",
     "Conflict",
     "Forbidden",
@@ -81,6 +82,11 @@ class Unprocessable(HubError):
 
 class Unavailable(HubError):
     status, code = 503, "unavailable"
+
+
+class Busy(Unavailable):
+    """Unavailable for now because it is busy (too much waiting, a lock held elsewhere),
+    not because it is failing: the client retries, and health does not count it."""
 
 
 class CloseCode(IntEnum):

@@ -132,7 +132,7 @@ def json_depth(value: object, limit: int = MAX_DEPTH) -> int:
 
 
 class Opcode(IntEnum):
-    """The seed's opcodes (CONTRACT §3)."""
+    """The seed's opcodes (docs/protocol.md §3)."""
 
     SALE_OUT = 102
     INVOICE_PAYMENT = 203
@@ -488,7 +488,7 @@ _EVENTS = Meta(
 
 
 class EventDraft(Struct, forbid_unknown_fields=True, rename="camel"):
-    """One event as a client sends it (CONTRACT §4). Fields are checked in this order."""
+    """One event as a client sends it (docs/protocol.md §4). Fields are checked in this order."""
 
     refusals: ClassVar[dict[str, Any]] = refuse(
         "an event must be a JSON object", unknown="unknown field(s): {names}"
@@ -700,7 +700,7 @@ def _build(d: EventDraft, stream_id: str, max_payload_bytes: int, *, trusted: bo
     )
 
 
-# The payload fields that name tenants (CONTRACT §2: they confer membership, and the order
+# The payload fields that name tenants (docs/protocol.md §2: they confer membership, and the order
 # flow opens those tenants' databases). A value outside the tenant id pattern is refused
 # like a tenant id in a path: 400 before it reaches a database or a file name.
 TENANT_FIELDS: dict[int, tuple[str, ...]] = {
@@ -797,7 +797,7 @@ class Event:
 
     @property
     def json(self) -> str:
-        """The event as a JSON object (CONTRACT §3), encoded once."""
+        """The event as a JSON object (docs/protocol.md §3), encoded once."""
         text = self._json
         if text is None:
             text = "{" + self._fields() + "}"
@@ -814,7 +814,7 @@ class Event:
         return text
 
     def same_content(self, new: NewEvent) -> bool:
-        """True when ``new`` is a retry of this event (CONTRACT §3 idempotency)."""
+        """True when ``new`` is a retry of this event (docs/protocol.md §3 idempotency)."""
         return (
             self.opcode == new.opcode
             and self.node_id == new.node_id

@@ -22,6 +22,7 @@ from tests.test_orders import order_body, run_seed
 
 ALI = auth("ali", "customer")
 RAMI = auth("rami", "driver")
+PLATFORM = auth("ops", "platform")
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def test_order_steps_and_driver_writes_answer_503_on_a_full_disk(
     small_disk: Path, hub_on: Callable[[Path], HubProcess]
 ) -> None:
     """Orders, motion and driver status answer 503 `unavailable` (not 500) with no traceback,
-    write nothing, and work again once space is freed."""
+    write nothing, /healthz says `failing` (503), and all is well again once space is freed."""
     data = small_disk / "data"
     run_seed(data)
     hub = hub_on(data)
@@ -89,9 +90,30 @@ def test_order_steps_and_driver_writes_answer_503_on_a_full_disk(
             assert r.status_code == 503, (what, r.status_code, r.text)
             assert r.json()["error"]["code"] in {"unavailable", "db_unavailable"}, (what, r.text)
         assert c.get("/api/orders/ord-full-1", headers=ALI).status_code in (403, 404)
+        # The streams DB may still have room in its WAL: write until it has none.
+        refused = None
+        for i in range(200):
+            r = c.post(f"/api/streams/full-{i}/events", headers=PLATFORM,
+                       json={"opcode": 102, "payload": {"pad": "x" * 60_000}})
+            if r.status_code != 201:
+                refused = r
+                break
+        assert refused is not None, "the streams DB took 200 events of 60 KB on a full disk"
+        assert refused.status_code == 503, refused.text
+        # Health sees databases that cannot write, and shows no internal error text.
+        health = c.get("/healthz")
+        assert health.status_code == 503, health.text
+        assert health.json() == {"status": "failing", "checks": {
+            "streams_db": "failing", "broker": "ok", "tenant_dbs": "failing",
+            "public_db": health.json()["checks"]["public_db"]}}, health.text
         filler.unlink()
         with contextlib.suppress(FileNotFoundError):
             (small_disk / "filler").unlink()
         r = c.post("/api/orders", json=order_body("ord-full-2"), headers=ALI)
         assert r.status_code == 201, r.text
+        assert c.post("/api/drivers/status", json={"status": "offline"},
+                      headers=RAMI).status_code == 200
+        health = c.get("/healthz")
+        assert health.json()["checks"] == {"streams_db": "ok", "broker": "ok",
+                                           "tenant_dbs": "ok", "public_db": "ok"}, health.text
     assert "Traceback" not in hub.log(), hub.log()[-3000:]

@@ -1,4 +1,4 @@
-"""Identity and access (CONTRACT §2): tokens, roles, and who may read or append what.
+"""Identity and access (docs/protocol.md §2): tokens, roles, and who may read or append what.
 
 A token is an HS256 JWT with ``sub`` (a tenant id) and ``role``. Membership of a
 stream is conferred only by the events that name a tenant (ORDER_CREATE's customer
@@ -39,7 +39,7 @@ class Role(StrEnum):
     PLATFORM = "platform"
 
 
-# Opcodes each role may append through the generic event API (CONTRACT §2).
+# Opcodes each role may append through the generic event API (docs/protocol.md §2).
 APPEND_OPCODES: dict[Role, frozenset[int]] = {
     Role.CUSTOMER: frozenset({Opcode.ORDER_CREATE, Opcode.INVOICE_PAYMENT}),
     Role.RESTAURANT: frozenset(

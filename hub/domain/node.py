@@ -36,10 +36,11 @@ from hub.domain.auth import (
     check_client_ids,
 )
 from hub.domain.channels import Channels, Subscriber
-from hub.errors import Unavailable
+from hub.errors import Busy, Unavailable
 from hub.events import Event, NewEvent
 from hub.infra.archive import Archive
 from hub.infra.broker import Broker
+from hub.infra.db import WriteHealth
 from hub.infra.store import AppendResult, Store, StreamInfo
 from hub.metrics import Metrics
 
@@ -71,6 +72,7 @@ class Node:
         self._channels = Channels(broker)  # the broker's receiver on this instance
         self._members: OrderedDict[str, StreamInfo] = OrderedDict()  # known members by stream
         self._streams_written = metrics.db_writes.labels("streams")
+        self.writes = WriteHealth()  # appends the streams DB refused lately (for /healthz)
 
     async def start(self) -> None:
         """Open the store, telling this node of every commit; start the broker,
@@ -115,7 +117,14 @@ class Node:
         """Commit already-authorized events and count them; the store reports the commit
         to :meth:`committed` before this returns."""
         t0 = time.perf_counter()
-        result = await self.store.append(stream_id, events, first=first)
+        try:
+            result = await self.store.append(stream_id, events, first=first)
+        except Busy:
+            raise  # overloaded or locked elsewhere: not a failing database
+        except Unavailable as exc:
+            self.writes.failed(str(exc))
+            raise
+        self.writes.succeeded()
         self.metrics.append_latency.observe(time.perf_counter() - t0)
         if result.new:
             self.metrics.events_appended.inc(len(result.new))
@@ -195,12 +204,14 @@ class Node:
         )
 
     async def healthy(self, timeout: float = 2.0) -> dict[str, str]:
-        """Check each dependency; the streams DB answering is what makes the hub healthy."""
+        """Each dependency's state, ``"ok"`` or ``"failing: why"`` (the why is for the log):
+        the streams DB must answer and must not have refused recent appends."""
         checks: dict[str, str] = {}
         try:
             await asyncio.wait_for(self.store.ping(), timeout)
-            checks["streams_db"] = "ok"
+            writes = self.writes.state()
+            checks["streams_db"] = "ok" if writes == "ok" else f"failing: {self.writes.error}"
         except Exception as exc:
-            checks["streams_db"] = f"failing: {exc}"
+            checks["streams_db"] = f"failing: {exc or type(exc).__name__}"
         checks["broker"] = self._broker.health()
         return checks

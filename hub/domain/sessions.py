@@ -8,7 +8,7 @@ closed socket whose client reads nothing still holds a descriptor and kernel buf
 until the transport reaps it); it :meth:`Sessions.watch` es a connection
 while the connection sends, and one sweeper task (not a timer per socket) asks every
 watched connection to close itself if it has been stuck in one send for longer than
-``stall_timeout`` (CONTRACT §5: 4008 after 30 s).
+``stall_timeout`` (docs/protocol.md §5: 4008 after 30 s).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A :class:`Subscription` follows one stream (by ``seq``) or one inbox (by ``pos``) and
 decides what its subscriber is sent next, so that it gets every committed event exactly
-once and in order (CONTRACT §5). The order of work is what makes resume exact:
+once and in order (docs/protocol.md §5). The order of work is what makes resume exact:
 
 1. :func:`open_stream` / :func:`open_inbox` authorize, then subscribe to the live channel
    first (live events meanwhile are left to the log: ``fallback`` is set);

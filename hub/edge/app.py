@@ -121,7 +121,7 @@ def routes(parts: Parts, settings: Settings) -> list[BaseRoute]:
     node, tokens = parts.node, parts.node.tokens
     streams = StreamsHttp(node, parts.archiver, tokens)
     orders = OrdersHttp(parts.orders, parts.gps, tokens, body_limit=settings.max_body_bytes)
-    ops = OpsHttp(node)
+    ops = OpsHttp(node, parts.tenants)
     return [
         # The event log (docs/protocol.md §4-5).
         Route("/api/streams/{stream_id}/events", AppendEndpoint(node, settings), methods=["POST"]),

@@ -194,10 +194,10 @@ OPERATIONS: tuple[Operation, ...] = (
         {"200": ("The driver.", DriverMe)}, "401 403 503",
     ),
     Operation(
-        "GET", "/healthz", "healthz", "Health: 200 while the streams DB answers, else 503.",
-        ("anyone",),
+        "GET", "/healthz", "healthz",
+        "Health: 200 while the streams DB answers and takes appends, else 503.", ("anyone",),
         {"200": ("Serving (ok or degraded).", Health),
-         "503": ("The streams DB does not answer.", Health)},
+         "503": ("The streams DB does not answer or refused appends lately.", Health)},
     ),
     Operation(
         "GET", "/metrics", "metrics", "Prometheus metrics.", ("anyone",),

@@ -18,10 +18,11 @@ import asyncio
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from hub.errors import Unavailable
 from hub.infra.hrana import TokenRefused, check_token
@@ -36,10 +37,12 @@ __all__ = [
     "Result",
     "Stmt",
     "WriteCounter",
+    "WriteHealth",
     "guard",
     "open_database",
 ]
 
+T = TypeVar("T")
 Stmt = tuple[str, Sequence[Any]]
 WriteCounter = Callable[[int], None]
 
@@ -54,6 +57,32 @@ def guard(name: str, rows: int = 1) -> Stmt:
         raise ValueError(name)
     return (f"SELECT CASE WHEN changes() = {int(rows)} THEN 1 ELSE json('{_GUARD_TAG}{name}') END",
             ())  # fmt: skip
+
+
+class WriteHealth:
+    """Whether a database has been failing: the last failure not yet followed by a success
+    and younger than :attr:`window` seconds. A failure that no request follows expires, so
+    a hub taken out of rotation for it is tried again (half-open), never left out for good.
+    """
+
+    window = 10.0
+
+    def __init__(self) -> None:
+        self._failed_at: float | None = None
+        self.error = ""  # the last failure, for the log (/healthz shows only "failing")
+
+    def failed(self, error: str) -> None:
+        self._failed_at = time.monotonic()
+        self.error = error
+
+    def succeeded(self) -> None:
+        self._failed_at = None
+
+    def state(self) -> str:
+        failed = self._failed_at
+        if failed is None or time.monotonic() - failed > self.window:
+            return "ok"
+        return "failing"
 
 
 class DatabaseError(Unavailable):
@@ -103,8 +132,10 @@ class FileDatabase:
     """An embedded SQLite database; statements run on ``pool``, one at a time."""
 
     def __init__(self, url: str, pool: ThreadPoolExecutor, *, schema: Sequence[str],
-                 on_write: WriteCounter | None = None) -> None:  # fmt: skip
+                 on_write: WriteCounter | None = None,
+                 health: WriteHealth | None = None) -> None:  # fmt: skip
         self.path = path_from_url(url)
+        self._health = health
         self._pool = pool
         self._schema = schema
         self._on_write = on_write
@@ -162,7 +193,9 @@ class FileDatabase:
 
     async def _submit(self, stmts: Sequence[Stmt], atomic: bool) -> list[Result]:
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._pool, self._run, stmts, atomic)
+        results = await _watched(
+            self._health, loop.run_in_executor(self._pool, self._run, stmts, atomic)
+        )
         if self._on_write is not None:
             n = _count_writes(stmts, results)
             if n:
@@ -188,12 +221,14 @@ class RemoteDatabase:
     """A remote libSQL database through libsql-client; a batch is one round trip."""
 
     def __init__(self, url: str, *, auth_token: str | None, schema: Sequence[str],
-                 on_write: WriteCounter | None = None) -> None:  # fmt: skip
+                 on_write: WriteCounter | None = None,
+                 health: WriteHealth | None = None) -> None:  # fmt: skip
         import importlib.util
 
         if importlib.util.find_spec("libsql_client") is None:  # pragma: no cover
             raise RuntimeError("remote libSQL URLs need the 'turso' extra")
         self._url = url
+        self._health = health
         self._auth_token = auth_token
         self._client: Any = None
         self._schema = schema
@@ -245,8 +280,8 @@ class RemoteDatabase:
         return (await self.batch([(sql, args)]))[0]
 
     async def batch(self, stmts: Sequence[Stmt]) -> list[Result]:
-        await self._ensure_schema()
-        results = await self._call(stmts)
+        await _watched(self._health, self._ensure_schema())
+        results = await _watched(self._health, self._call(stmts))
         if self._on_write is not None:
             n = _count_writes(stmts, results)
             if n:
@@ -260,10 +295,28 @@ class RemoteDatabase:
             await client.close()
 
 
+async def _watched(health: WriteHealth | None, work: Awaitable[T]) -> T:
+    """``work``'s result, telling ``health`` whether the database failed (a guard that
+    refused a batch is an answer, not a failure)."""
+    if health is None:
+        return await work
+    try:
+        result = await work
+    except GuardFailed:
+        health.succeeded()
+        raise
+    except DatabaseError as exc:
+        health.failed(str(exc))
+        raise
+    health.succeeded()
+    return result
+
+
 def open_database(url: str, *, pool: ThreadPoolExecutor, schema: Sequence[str],
-                  auth_token: str | None = None,
-                  on_write: WriteCounter | None = None) -> Database:  # fmt: skip
+                  auth_token: str | None = None, on_write: WriteCounter | None = None,
+                  health: WriteHealth | None = None) -> Database:  # fmt: skip
     """The database at ``url`` (``file:`` or a remote libSQL URL)."""
     if url.startswith("file:"):
-        return FileDatabase(url, pool, schema=schema, on_write=on_write)
-    return RemoteDatabase(url, auth_token=auth_token, schema=schema, on_write=on_write)
+        return FileDatabase(url, pool, schema=schema, on_write=on_write, health=health)
+    return RemoteDatabase(url, auth_token=auth_token, schema=schema, on_write=on_write,
+                          health=health)  # fmt: skip

@@ -31,7 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from hub.events import check_tenant_id
-from hub.infra.db import Database, WriteCounter, open_database
+from hub.infra.db import Database, WriteCounter, WriteHealth, open_database
 from hub.infra.store.file import path_from_url
 from hub.metrics import Metrics
 
@@ -174,12 +174,15 @@ class Tenants:
         self._pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="hub-tenant-db")
         self._open: OrderedDict[str, Database] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
+        self._tenant_health = WriteHealth()  # every tenant DB together
+        self._public_health = WriteHealth()
         self.public = open_database(
             public_url,
             pool=self._pool,
             schema=PUBLIC_SCHEMA,
             auth_token=auth_token,
             on_write=self._counter("public"),
+            health=self._public_health,
         )
         self._closed = False
         if metrics is not None:
@@ -195,6 +198,10 @@ class Tenants:
             child.inc(n)
 
         return count
+
+    def health(self) -> dict[str, WriteHealth]:
+        """The tenant DBs' and the public DB's recent failures (for ``/healthz``)."""
+        return {"tenant_dbs": self._tenant_health, "public_db": self._public_health}
 
     def exists(self, tenant: str) -> bool:
         """Whether ``tenant`` has a database already (always true for remote URLs).
@@ -223,6 +230,7 @@ class Tenants:
             schema=TENANT_SCHEMA,
             auth_token=self._auth_token,
             on_write=self._counter("tenant"),
+            health=self._tenant_health,
         )
         self._open[tenant] = db
         self.opens += 1

@@ -56,7 +56,7 @@ DEFAULT_VEHICLE = "Motorcycle"  # a driver that names none (the seed's Rami ride
 
 # -- statuses ---------------------------------------------------------------------------
 
-# The order status an opcode moves a stream to (CONTRACT §4), in step order.
+# The order status an opcode moves a stream to (docs/protocol.md §4), in step order.
 ORDER_STATUS: dict[int, str] = {
     Opcode.ORDER_CREATE: "placed",
     Opcode.INVOICE_PAYMENT: "paid",

@@ -78,7 +78,7 @@ def response(order_id: str, status: str, events: Sequence[Event]) -> dict[str, A
 
 
 class Orders:
-    """The order endpoints of CONTRACT §4, on one node and its tenant databases."""
+    """The order endpoints of docs/protocol.md §4, on one node and its tenant databases."""
 
     def __init__(self, node: Node, tenants: Tenants, *, archiver: Archiver | None = None,
                  gps: Gps | None = None) -> None:  # fmt: skip

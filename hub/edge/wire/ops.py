@@ -11,10 +11,13 @@ __all__ = ["Health"]
 
 
 class Health(Struct, forbid_unknown_fields=True):
-    """The hub's health: ``ok``; ``degraded`` (it still serves, e.g. through a Redis outage);
-    ``failing`` (503: the streams DB does not answer)."""
+    """The hub's health: ``ok``; ``degraded`` (it still serves, e.g. through a Redis outage
+    or a tenant DB failing); ``failing`` (503: the streams DB does not answer, or refused
+    appends in the last 10 s)."""
 
     status: Literal["ok", "degraded", "failing"]
     checks: Annotated[
-        dict[str, str], Meta(description="Each dependency: ok, or what is wrong with it.")
+        dict[str, Literal["ok", "failing"]],
+        Meta(description="streams_db, broker, tenant_dbs, public_db: ok or failing (why is "
+                         "in the hub's log)."),
     ]

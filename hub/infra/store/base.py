@@ -180,7 +180,7 @@ def row_to_event(row: Sequence[Any]) -> Event:
 
 
 def members_named(event: NewEvent | Event) -> list[str]:
-    """Tenants an event makes members of its stream (CONTRACT §2)."""
+    """Tenants an event makes members of its stream (docs/protocol.md §2)."""
     if event.opcode == Opcode.ORDER_CREATE:
         keys: tuple[str, ...] = ("customer", "restaurant")
     elif event.opcode == Opcode.TASK_ASSIGN:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hub.errors import HubError, Unavailable
+from hub.errors import Busy, HubError, Unavailable
 from hub.events import Event, NewEvent
 from hub.infra.store.base import (
     MIGRATE_EVENTS,
@@ -340,7 +340,7 @@ class FileStore:
     async def _submit(self, req: _Write) -> Any:
         with self._lock:
             if self._pending >= MAX_PENDING:
-                raise Unavailable("too many writes waiting for the streams DB; retry")
+                raise Busy("too many writes waiting for the streams DB; retry")
             self._pending += 1
         self._appends.put(req)
         return await req.future
@@ -388,7 +388,7 @@ class FileStore:
             expired = [r for r in batch if r.deadline <= now]
             if expired:  # they waited out their time behind another's lock: answer now
                 for req in expired:
-                    req.result = Unavailable("the streams DB stayed locked; retry")
+                    req.result = Busy("the streams DB stayed locked; retry")
                 assert self._loop is not None
                 with contextlib.suppress(RuntimeError):
                     self._loop.call_soon_threadsafe(_settle, expired, None)

@@ -59,7 +59,7 @@ from typing import Any
 import aiohttp
 import libsql_client
 
-from hub.errors import Unavailable, Unprocessable
+from hub.errors import Busy, Unavailable, Unprocessable
 from hub.events import Event, NewEvent
 from hub.infra.hrana import TokenRefused, check_token
 from hub.infra.store.base import (
@@ -328,7 +328,7 @@ class RemoteStore:
             for e in events:
                 if e.id in stored:
                     check_retry(stored[e.id], e, stream_id)
-        raise Unavailable("the streams DB kept refusing the append; retry")
+        raise Busy("the streams DB kept refusing the append; retry")
 
     async def _try_append(self, stmts: list[Stmt]) -> list[Any] | None:
         """Run an append batch; None when an event id is stored already."""
