@@ -1,4 +1,4 @@
-"""Durability of the streams log (CONTRACT §3): gap-free seq under concurrency, across
+"""Durability of the streams log (docs/protocol.md §3): gap-free seq under concurrency, across
 processes and across a SIGKILL, and appends that never stall the event loop.
 
 The tests across processes and across a SIGKILL run on both kinds of streams DB: the

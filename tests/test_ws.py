@@ -1,4 +1,4 @@
-"""WebSockets against a real hub (CONTRACT §5, §2): replay, live, exactly-once resume,
+"""WebSockets against a real hub (docs/protocol.md §5, §2): replay, live, exactly-once resume,
 membership, slow and stalled subscribers, restarts, garbage frames, auth and metrics.
 
 Every test starts its own hub, so the figures it reads from /metrics are its own.
