@@ -20,7 +20,8 @@ from starlette.types import Receive, Scope, Send
 from hub.config import Settings
 from hub.domain.node import Node
 from hub.errors import HubError, PayloadTooLarge
-from hub.events import check_stream_id, loads_json, parse_body
+from hub.events import check_stream_id, parse_body
+from hub.refusals import loads_json
 
 __all__ = ["AppendEndpoint", "bearer_token", "read_body", "read_json"]
 

@@ -29,7 +29,8 @@ from hub.edge.wire import events as wire_events
 from hub.edge.wire import frames, ops
 from hub.edge.wire import orders as wire_orders
 from hub.errors import CloseCode, HubError
-from hub.events import EventBatch, EventDraft, NewEvent, loads_json, parse_body, parse_drafts
+from hub.events import EventBatch, EventDraft, NewEvent, parse_body, parse_drafts
+from hub.refusals import loads_json
 
 with warnings.catch_warnings():  # starlette would rather have httpx2 than httpx
     warnings.simplefilter("ignore")

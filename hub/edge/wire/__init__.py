@@ -24,7 +24,7 @@ import msgspec
 
 from hub.domain.orders import rules
 from hub.errors import HubError, Unprocessable
-from hub.events import Refusal, explain, literal, loads_json, refusal_of, refuse
+from hub.refusals import Refusal, explain, literal, loads_json, refusal_of, refuse
 
 __all__ = [
     "ORDER_STATUS",

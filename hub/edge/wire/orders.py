@@ -18,7 +18,8 @@ from hub.domain.orders import MAX_ITEMS, MAX_QTY
 from hub.edge.wire import OrderStatus, decode, literal, refusal_of, refuse
 from hub.edge.wire.events import StoredEvent, StreamId, TenantId
 from hub.errors import BadRequest, Unprocessable
-from hub.events import TENANT_ID_PATTERN, Refusal, anchored
+from hub.events import TENANT_ID_PATTERN, anchored
+from hub.refusals import Refusal
 
 __all__ = [
     "ORDER_ID_PATTERN",
