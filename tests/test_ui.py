@@ -1,4 +1,4 @@
-"""The web UI (static/*) in Debian's Chromium, driven by Playwright, against a real seeded hub.
+"""The web UI (hub/static/*) in Debian's Chromium, driven by Playwright, against a real seeded hub.
 
 Only the Python driver of Playwright is used (`pip install playwright`); the browser is
 /usr/bin/chromium (`apt-get install chromium`), never one that `playwright install` downloads.

@@ -44,7 +44,7 @@ __all__ = ["app", "create_app"]
 
 log = logging.getLogger("hub")
 
-STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
+STATIC_DIR = Path(__file__).resolve().parents[1] / "static"  # the web UI, package data
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """What the browser code shares with the hub, generated from the Python definitions.
 
-``static/hub-constants.js`` is an ES module written by this module from
+``hub/static/hub-constants.js`` is an ES module written by this module from
 :class:`hub.errors.CloseCode`, :class:`hub.events.Opcode` and the order flow's statuses;
 ``hub-client.js`` and the pages import it instead of keeping copies. It is checked in (the
 UI has no build step): ``python -m hub.edge.constants`` rewrites it, ``--check`` exits 1
@@ -20,7 +20,7 @@ from hub.events import Opcode
 
 __all__ = ["PATH", "main", "render"]
 
-PATH = Path(__file__).resolve().parents[2] / "static" / "hub-constants.js"
+PATH = Path(__file__).resolve().parents[1] / "static" / "hub-constants.js"
 
 
 def _object(pairs: dict[str, object]) -> str:
@@ -29,7 +29,7 @@ def _object(pairs: dict[str, object]) -> str:
 
 
 def render() -> str:
-    """The text of ``static/hub-constants.js``."""
+    """The text of ``hub/static/hub-constants.js``."""
     closes = sorted(CloseCode)
     return (
         "// hub-constants.js: the hub's close codes, opcodes and order statuses.\n"
@@ -55,7 +55,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write ``static/hub-constants.js`` (``--check``: exit 1 if it is not up to date)."""
+    """Write ``hub/static/hub-constants.js`` (``--check``: exit 1 if it is not up to date)."""
     parser = argparse.ArgumentParser(prog="python -m hub.edge.constants", description=__doc__)
     parser.add_argument("--check", action="store_true", help="only check; exit 1 when stale")
     args = parser.parse_args(argv)

@@ -1,5 +1,5 @@
 """The browser code takes close codes, opcodes and order statuses from the Python definitions:
-static/hub-constants.js is generated from them, is up to date, and is the only copy."""
+hub/static/hub-constants.js is generated from them, is up to date, and is the only copy."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ STATIC = constants.PATH.parent
 def test_hub_constants_js_is_up_to_date() -> None:
     """The checked-in file is what the generator writes now (else: python -m hub.edge.constants)."""
     assert constants.PATH.read_text(encoding="utf-8") == constants.render(), (
-        "static/hub-constants.js is stale: run python -m hub.edge.constants"
+        "hub/static/hub-constants.js is stale: run python -m hub.edge.constants"
     )
     assert constants.main(["--check"]) == 0
 
