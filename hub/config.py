@@ -45,6 +45,24 @@ def _int(env: Mapping[str, str], name: str, default: int | None, *,
     return value
 
 
+def _limit(env: Mapping[str, str], name: str, default: int, *, minimum: int,
+           maximum: int | None = None) -> int:  # fmt: skip
+    """A whole-number limit between ``minimum`` and ``maximum`` (docs/protocol.md §8)."""
+    value = _int(env, name, default, minimum=minimum)
+    assert value is not None
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name} must be at most {maximum}, got {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (case-insensitive); unset: the first."""
+    raw = (env.get(name) or choices[0]).strip().lower()
+    if raw not in choices:
+        raise SettingsError(f"{name} must be {' or '.join(choices)}, got {raw!r}")
+    return raw
+
+
 def _auto_flag(env: Mapping[str, str], name: str) -> bool | None:
     """A yes/no setting that may be left to the hub: unset or ``auto`` -> None."""
     raw = (env.get(name) or "").strip().lower()
@@ -92,8 +110,11 @@ class Settings:
     archive_delay: float = 0.0
     delivery_fee: float = 5.00
     driver_payout: float = 12.00
+    log_format: str = "text"  # HUB_LOG_FORMAT: text or json (hub.edge.logs)
 
-    # Limits and timeouts (additions to the contract; docs/protocol.md §8).
+    # Limits and timeouts (additions to the contract; docs/protocol.md §8). Each has an
+    # environment variable (from_env); the payload and batch limits may only be lowered:
+    # the wire Structs of hub.events are declared with MAX_PAYLOAD_BYTES and MAX_BATCH.
     max_body_bytes: int = 1 << 20
     max_payload_bytes: int = MAX_PAYLOAD_BYTES  # the event model's limits (hub.events)
     max_batch: int = MAX_BATCH
@@ -104,6 +125,11 @@ class Settings:
     # closes the socket with 1009 above that.
     ws_max_frame_bytes: int = 64 << 10
     ws_max_per_token: int = 256  # open sockets per tenant and role
+    # Bytes of read pages (replays, GET /api/streams/{id} answers) one tenant may hold at
+    # once; its further reads wait (hub.domain.sessions.ReadBudget).
+    tenant_read_budget: int = 64 << 20
+    # uvicorn's ws_max_size under `hub serve` and `hub demo`: a frame over it closes 1009.
+    ws_max_size: int = 1 << 20
     # Tenant DBs kept open (LRU), within the open-file limit; None: 4096 (hub.infra.tenants).
     tenant_max_open: int | None = None
     # Browser origins allowed to open sockets: () = the hub's own origin only; ("*",) = any.
@@ -116,6 +142,9 @@ class Settings:
     max_connections: int | None = None
 
     def __post_init__(self) -> None:
+        if self.ws_max_frame_bytes > self.ws_max_size:
+            raise SettingsError(f"HUB_WS_MAX_FRAME_BYTES ({self.ws_max_frame_bytes}) must not"
+                                f" exceed HUB_WS_MAX_SIZE ({self.ws_max_size})")  # fmt: skip
         # Fill the defaults that derive from data_dir.
         d = self.data_dir
         if not self.streams_db:
@@ -148,7 +177,17 @@ class Settings:
             archive_delay=_float(e, "HUB_ARCHIVE_DELAY", 0.0),
             delivery_fee=_float(e, "HUB_DELIVERY_FEE", 5.00),
             driver_payout=_float(e, "HUB_DRIVER_PAYOUT", 12.00),
+            log_format=_choice(e, "HUB_LOG_FORMAT", ("text", "json")),
+            max_body_bytes=_limit(e, "HUB_MAX_BODY_BYTES", 1 << 20, minimum=1024),
+            max_payload_bytes=_limit(e, "HUB_MAX_PAYLOAD_BYTES", MAX_PAYLOAD_BYTES, minimum=2,
+                                     maximum=MAX_PAYLOAD_BYTES),
+            max_batch=_limit(e, "HUB_MAX_BATCH", MAX_BATCH, minimum=1, maximum=MAX_BATCH),
+            ws_queue_frames=_limit(e, "HUB_WS_QUEUE_FRAMES", 1024, minimum=1),
+            ws_max_frame_bytes=_limit(e, "HUB_WS_MAX_FRAME_BYTES", 64 << 10, minimum=256),
+            ws_max_size=_limit(e, "HUB_WS_MAX_SIZE", 1 << 20, minimum=256),
+            ws_max_per_token=_limit(e, "HUB_WS_MAX_PER_TENANT", 256, minimum=1),
             ws_stall_timeout=_float(e, "HUB_WS_STALL_TIMEOUT", 30.0),
+            tenant_read_budget=_limit(e, "HUB_TENANT_READ_BUDGET", 64 << 20, minimum=64 << 10),
             tenant_max_open=_int(e, "HUB_TENANT_MAX_OPEN", None),
             header_timeout=_float(e, "HUB_HEADER_TIMEOUT", 10.0),
             body_timeout=_float(e, "HUB_BODY_TIMEOUT", 30.0),

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics"]
+__all__ = ["HEALTH_CHECKS", "Metrics"]
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created series only add noise to every scrape
 
@@ -32,11 +34,45 @@ class _FramesSent(Collector):
         yield family
 
 
+class _Commits(Collector):
+    """``hub_store_commits_total``, read from the streams store at scrape time (the
+    embedded store counts its group commits; a store that does not exports nothing)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        source = self.metrics.commits_source
+        count = source() if source is not None else None
+        if count is not None:
+            family = CounterMetricFamily(
+                "hub_store_commits",
+                "Group commits of the streams DB (events appended / commits: the mean batch)",
+            )
+            family.add_metric([], count)
+            yield family
+
+
+HEALTH_CHECKS = ("streams_db", "broker", "tenant_dbs", "public_db")
+
+# Per-route HTTP latency: from the request reaching its route to its status line.
+HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+def _total(counter: Counter) -> float:
+    """A counter's value (the sum over its children), through the public collect()."""
+    return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
+
+
 class Metrics:
     """Every metric the hub exports. One instance per app (tests run several)."""
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
+        # The standard process_* series (CPU, memory, open fds, start time) and python_info.
+        # Linux only for process_*: elsewhere the collector exports nothing.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self.db_writes = Counter(
             "hub_db_writes", "Rows inserted or updated, by database", ["target"], registry=r
         )
@@ -157,6 +193,24 @@ class Metrics:
         )  # fmt: skip
         self._gc_started = 0.0
 
+        # Operations (hub.edge.ops): per-route latency, the health checks, group commits.
+        self.http_latency = Histogram(
+            "hub_http_request_duration_seconds",
+            "HTTP requests by route template and method: time from the request reaching its"
+            " route to its status line (the first byte of a streamed answer)",
+            ["route", "method"], registry=r, buckets=HTTP_BUCKETS,
+        )  # fmt: skip
+        self.health = Gauge(
+            "hub_health_ok",
+            "1 while a /healthz check is ok, 0 while it fails (as of the last /healthz,"
+            " /readyz or /api/ops/instance, or of a scrape 5 s or more after the last check)",
+            ["check"], registry=r,
+        )  # fmt: skip
+        for check in HEALTH_CHECKS:
+            self.health.labels(check).set(1)
+        self.commits_source: Callable[[], int | None] | None = None
+        r.register(_Commits(self))
+
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._gc_started = time.perf_counter()
@@ -172,6 +226,19 @@ class Metrics:
     def unwatch_gc(self) -> None:
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
+
+    def totals(self) -> dict[str, float]:
+        """The counters the platform console turns into rates (hub.edge.ops)."""
+        out = {
+            "frames": float(self.frames_sent),
+            "events": _total(self.events_appended),
+            "fallbacks": _total(self.slow_fallbacks),
+        }
+        for m in self.db_writes.collect():
+            for s in m.samples:
+                if s.name.endswith("_total"):
+                    out[f"writes.{s.labels['target']}"] = s.value
+        return out
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

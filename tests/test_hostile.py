@@ -851,6 +851,8 @@ def endpoints(oid: str) -> list[tuple[str, str, Json | None]]:
         ("POST", "/api/motion", {"lat": 25.1, "lng": 55.2}),
         ("POST", "/api/drivers/status", {"status": "online", "lat": 25.1, "lng": 55.2}),
         ("GET", "/api/drivers/me", None),
+        ("GET", "/api/ops/instance", None),
+        ("GET", "/api/ops/drivers", None),
     ]
 
 
@@ -910,6 +912,8 @@ def test_every_endpoint_refuses_other_tenants_and_wrong_roles_with_403(seeded: H
             ("POST", "/api/orders", ORDER_BODY, [KITCHEN, RAMI, PLATFORM]),
             ("POST", f"/api/orders/{oid}/pay", {"method": "card"}, [eve, KITCHEN, sami]),
             ("POST", f"/api/orders/{oid}/accept", {}, [zaatar, ALI, RAMI]),
+            ("GET", "/api/ops/instance", None, [ALI, KITCHEN, RAMI]),
+            ("GET", "/api/ops/drivers", None, [ALI, KITCHEN, RAMI]),
             ("POST", f"/api/orders/{oid}/ready", {}, [zaatar, ALI, RAMI]),
             ("POST", f"/api/orders/{oid}/pickup", {}, [sami, RAMI, ALI, KITCHEN]),
             ("POST", f"/api/orders/{oid}/deliver", {"lat": 1, "lng": 2}, [sami, RAMI, KITCHEN]),

@@ -175,16 +175,18 @@ class Node:
     ) -> list[Event]:
         """Events of ``stream_id`` with ``seq > since``, in order, at most ``limit``: from
         the store while the stream is live, from the archive once it is ``archived`` (the
-        same events, with their ``seq`` and ``pos``).
+        same events, with their ``seq`` and ``pos``). An archived stream is read a page at
+        a time too: only the bytes of the events asked for (:meth:`Archive.read
+        <hub.infra.archive.Archive.read>`), never the whole object per reader.
 
         Raises :class:`~hub.errors.Unavailable` when an archived stream cannot be read.
         """
         if not archived:
             return await self.store.read_stream(stream_id, since, limit)
-        stored = await self.archive.get(stream_id)
-        if stored is None:
+        page = await self.archive.read(stream_id, since, limit)
+        if page is None:
             raise Unavailable("the archived stream cannot be read right now")
-        return [e for e in stored if e.seq > since][:limit]
+        return page
 
     async def read_inbox(self, tenant: str | None, since: int, limit: int) -> list[Event]:
         """Events with ``pos > since`` of the streams ``tenant`` is a member of, from the

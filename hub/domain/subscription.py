@@ -35,6 +35,13 @@ subscription, never two at once)::
 
 and :meth:`Subscription.close` unsubscribes. Offering never blocks: the broker's
 delivery calls :meth:`Subscription.offer` for every subscriber of a channel.
+
+Memory: a page holds :data:`PAGE_BYTES` of events at most (or one event), whatever
+their size. Its bytes are taken from the subscriber's tenant's
+:class:`~hub.domain.sessions.ReadBudget` before it is read (the most the read may
+need), and given back once its last frame is sent or the subscription is closed; a
+tenant whose budget is used up has its reads wait (the transport counts the wait as a
+send that does not progress: the stall timeout bounds it).
 """
 
 from __future__ import annotations
@@ -46,16 +53,18 @@ from collections import deque
 from hub.domain.archiver import archived_frame
 from hub.domain.auth import Principal
 from hub.domain.node import Node
+from hub.domain.sessions import EVENT_MAX, ReadBudget, clip
 from hub.events import Event
 from hub.infra.broker import Message, Notice, inbox_channel, stream_channel
 
 __all__ = ["NOTICE_MAX", "REPLAY_PAGE", "Subscription", "open_inbox", "open_stream"]
 
 REPLAY_PAGE = 500  # events read from the log per page, at most
-# A page holds about this much at most, whatever the events' size (a subscriber's first
-# page, of sizes not known yet, FIRST_PAGE events): 500 events of 64 KiB were 32 MB per
-# socket, 1 GB for 30 sockets replaying at once. EVENT_BYTES: a frame's own fields.
-PAGE_BYTES, FIRST_PAGE, EVENT_BYTES = 1 << 20, 64, 256
+# A page holds this much at most (or one event), whatever the events' size:
+# 500 events of 64 KiB were 32 MB per socket, 1 GB for 30 sockets replaying at once. The
+# first page reads FIRST_PAGE events (their size is not known yet), each next one as
+# many as make PAGE_BYTES at the last page's mean size.
+PAGE_BYTES, FIRST_PAGE = 1 << 20, 64
 NOTICE_MAX = 64  # location frames waiting (oldest dropped first)
 
 
@@ -66,9 +75,10 @@ class Subscription:
     dropped once sent (most subscribers wait far longer than they receive).
     """
 
-    __slots__ = ("_announced", "_limit", "_page", "_waiter", "ended", "fallback", "final",
-                 "hints_only", "last", "node", "notices", "pending", "queue", "queue_max",
-                 "resynced", "stream_id", "tenant")  # fmt: skip
+    __slots__ = ("_announced", "_budget", "_held", "_limit", "_page", "_waiter", "ended",
+                 "fallback", "final", "hints_only", "last", "node", "notices", "owner",
+                 "pending", "queue", "queue_max", "resynced", "stream_id",
+                 "tenant")  # fmt: skip
 
     def __init__(
         self,
@@ -78,8 +88,13 @@ class Subscription:
         tenant: str | None,
         since: int,
         queue_max: int,
+        budget: ReadBudget | None = None,
+        owner: str = "",
     ) -> None:
         self.node = node
+        self._budget = budget  # the bytes of pages read, per tenant (None: unbounded)
+        self.owner = owner  # the subscriber's tenant, whose budget its pages take
+        self._held = 0  # bytes of the budget the page being sent holds
         self.stream_id = stream_id  # None: an inbox
         self.tenant = tenant  # inbox owner; None with stream_id None: the platform's inbox
         self.last = since  # the last seq (stream) or pos (inbox) sent
@@ -108,9 +123,17 @@ class Subscription:
     async def close(self) -> None:
         """Unsubscribe (the transport is done with it) and drop what was not sent (a page
         of the log, queued events, notices), whatever still refers to the subscription
-        (a cancelled writer's frames, until its task is freed)."""
+        (a cancelled writer's frames, until its task is freed); give back the budget."""
         self._page = self.queue = self.notices = None
+        self.release()
         await self.node.unsubscribe(self.channel, self)
+
+    def release(self) -> None:
+        """Give back what the last page took of the tenant's budget (it is sent, or
+        dropped)."""
+        held, self._held = self._held, 0
+        if held and self._budget is not None:
+            self._budget.release(self.owner, held)
 
     # -- what arrives (Subscriber, called by the channels; never blocks) ----------------
 
@@ -175,6 +198,8 @@ class Subscription:
                 self._page = None
             self.last = event.seq if self.stream_id is not None else event.pos
             return event.frame
+        if self._held:  # the page's last frame has been sent
+            self.release()
         if self.fallback:
             return None
         if not self._announced:
@@ -209,16 +234,30 @@ class Subscription:
         backfill, self.resynced = self.resynced, False
         node = self.node
         limit = self._limit
-        if self.stream_id is None:
-            rows = await node.read_inbox(self.tenant, self.last, limit)
-        else:
-            archived = self.final is not None
-            rows = await node.read_events(self.stream_id, self.last, limit,
-                                          archived=archived)  # fmt: skip
-        if len(rows) >= limit:
+        self.release()  # the last page is sent
+        budget, taken = self._budget, limit * EVENT_MAX  # the most this read may need
+        if budget is not None:
+            await budget.acquire(self.owner, taken)
+        try:
+            if self.stream_id is None:
+                rows = await node.read_inbox(self.tenant, self.last, limit)
+            else:
+                archived = self.final is not None
+                rows = await node.read_events(self.stream_id, self.last, limit,
+                                              archived=archived)  # fmt: skip
+        except BaseException:
+            if budget is not None:
+                budget.release(self.owner, taken)
+            raise
+        count = len(rows)
+        size = clip(rows, PAGE_BYTES)
+        if budget is not None:  # keep what the page holds until it is sent
+            budget.release(self.owner, taken - size)
+            self._held = size
+        if count >= limit or len(rows) < count:
             self.fallback = True  # more to read once this page is sent
         if rows:  # the next page: about PAGE_BYTES of events of this page's mean size
-            mean = sum(len(e.payload) for e in rows) // len(rows) + EVENT_BYTES
+            mean = size // len(rows)
             self._limit = max(1, min(REPLAY_PAGE, PAGE_BYTES // mean))
         if backfill and rows:
             node.metrics.backfilled.inc(len(rows))
@@ -238,7 +277,8 @@ class Subscription:
 
 
 async def open_stream(
-    node: Node, who: Principal, stream_id: str, since: int, *, queue_max: int
+    node: Node, who: Principal, stream_id: str, since: int, *, queue_max: int,
+    budget: ReadBudget | None = None,
 ) -> Subscription:
     """Subscribe ``who`` to one stream's events after ``seq`` ``since``.
 
@@ -250,17 +290,20 @@ async def open_stream(
         info = await node.stream_info(stream_id)
     else:
         info = await node.read(who, stream_id)
-    sub = Subscription(node, stream_id=stream_id, tenant=None, since=since, queue_max=queue_max)
+    sub = Subscription(node, stream_id=stream_id, tenant=None, since=since, queue_max=queue_max,
+                       budget=budget, owner=who.tenant)  # fmt: skip
     if info is not None and info.archived:
         sub.offer(Notice(stream_id, archived_frame(stream_id), final=True))
     await node.subscribe(sub.channel, sub)
     return sub
 
 
-async def open_inbox(node: Node, who: Principal, since: int, *, queue_max: int) -> Subscription:
+async def open_inbox(node: Node, who: Principal, since: int, *, queue_max: int,
+                     budget: ReadBudget | None = None) -> Subscription:  # fmt: skip
     """Subscribe ``who`` to its inbox after ``pos`` ``since``: every event of the streams
     it is a member of (every stream for the platform)."""
     tenant = None if who.is_platform else who.tenant
-    sub = Subscription(node, stream_id=None, tenant=tenant, since=since, queue_max=queue_max)
+    sub = Subscription(node, stream_id=None, tenant=tenant, since=since, queue_max=queue_max,
+                       budget=budget, owner=who.tenant)  # fmt: skip
     await node.subscribe(sub.channel, sub)
     return sub

@@ -29,8 +29,8 @@ from hub.domain.orders import Orders
 from hub.domain.sessions import Sessions
 from hub.edge.append import AppendEndpoint
 from hub.edge.http import StaticPages, error_handlers
-from hub.edge.logs import install_filters
-from hub.edge.ops import OpsHttp
+from hub.edge.logs import adopt_server_logging, install_filters, log_startup
+from hub.edge.ops import OpsHttp, timed
 from hub.edge.orders import STEPS, OrdersHttp
 from hub.edge.streams import StreamsHttp
 from hub.edge.ws import InboxEndpoint, StreamEndpoint
@@ -81,7 +81,8 @@ class Parts:
         archiver = Archiver(store, archive, broker, metrics, delay=settings.archive_delay)
         orders = Orders(node, tenants, archiver=archiver, gps=gps)
         sessions = Sessions(max_per_subject=settings.ws_max_per_token,
-                            stall_timeout=settings.ws_stall_timeout)  # fmt: skip
+                            stall_timeout=settings.ws_stall_timeout,
+                            read_budget=settings.tenant_read_budget)  # fmt: skip
         return cls(node, tenants, gps, archiver, orders, sessions)
 
     @asynccontextmanager
@@ -119,10 +120,12 @@ class Parts:
 def routes(parts: Parts, settings: Settings) -> list[BaseRoute]:
     """The hub's route table: every HTTP and WebSocket path, in one list."""
     node, tokens = parts.node, parts.node.tokens
-    streams = StreamsHttp(node, parts.archiver, tokens)
-    orders = OrdersHttp(parts.orders, parts.gps, tokens, body_limit=settings.max_body_bytes)
+    streams = StreamsHttp(node, parts.archiver, tokens, budget=parts.sessions.budget,
+                          wait=settings.ws_stall_timeout)  # fmt: skip
+    orders = OrdersHttp(parts.orders, parts.gps, tokens, body_limit=settings.max_body_bytes,
+                        budget=parts.sessions.budget, wait=settings.ws_stall_timeout)  # fmt: skip
     ops = OpsHttp(node, parts.tenants)
-    return [
+    return timed(node.metrics, [
         # The event log (docs/protocol.md §4-5).
         Route("/api/streams/{stream_id}/events", AppendEndpoint(node, settings), methods=["POST"]),
         Route("/api/streams/{stream_id}", streams.read, methods=["GET"]),
@@ -139,12 +142,16 @@ def routes(parts: Parts, settings: Settings) -> list[BaseRoute]:
         Route("/api/motion", orders.motion, methods=["POST"]),
         Route("/api/drivers/status", orders.driver_status, methods=["POST"]),
         Route("/api/drivers/me", orders.driver_me, methods=["GET"]),
-        # Operations.
+        # Operations (docs/protocol.md §9): probes, metrics, documents, the platform console.
         Route("/healthz", ops.healthz, methods=["GET"]),
+        Route("/livez", ops.livez, methods=["GET"]),
+        Route("/readyz", ops.readyz, methods=["GET"]),
         Route("/metrics", ops.metrics, methods=["GET"]),
         Route("/openapi.json", ops.openapi, methods=["GET"]),
         Route("/asyncapi.json", ops.asyncapi, methods=["GET"]),
-    ]
+        Route("/api/ops/instance", ops.instance, methods=["GET"]),
+        Route("/api/ops/drivers", ops.drivers, methods=["GET"]),
+    ])  # every HTTP route timed into hub_http_request_duration_seconds{route, method}
 
 
 # Served ahead of the router (see _Hub): appends (every write) and the WebSocket paths.
@@ -162,6 +169,8 @@ def create_app(settings: Settings, *, static_dir: Path | None = STATIC_DIR) -> S
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        adopt_server_logging(settings.log_format)  # under plain uvicorn (hub.edge.logs)
+        log_startup(settings)  # the streams DB, Redis, the archive (docs/protocol.md §9)
         async with parts.running():
             yield
 

@@ -36,7 +36,14 @@ from hub.edge.wire.events import (
     StreamId,
     TenantId,
 )
-from hub.edge.wire.ops import Health
+from hub.edge.wire.ops import (
+    DRIVERS_LIMIT_DEFAULT,
+    DRIVERS_LIMIT_MAX,
+    Health,
+    InstanceState,
+    OnlineDrivers,
+    Probe,
+)
 from hub.edge.wire.orders import (
     STEP_BODIES,
     CreateOrder,
@@ -61,6 +68,7 @@ MAX_BODY = next(f.default for f in dataclasses.fields(Settings) if f.name == "ma
 
 Cursor = Annotated[int, Meta(ge=0, le=10**18 - 1)]  # what int_param takes: 18 digits at most
 Limit = Annotated[int, Meta(ge=0, le=READ_LIMIT_MAX)]
+DriversLimit = Annotated[int, Meta(ge=0, le=DRIVERS_LIMIT_MAX)]
 
 ERROR_TEXT = {
     "400": "Malformed request: an invalid stream or tenant id, a body that is not JSON.",
@@ -200,6 +208,15 @@ OPERATIONS: tuple[Operation, ...] = (
          "503": ("The streams DB does not answer or refused appends lately.", Health)},
     ),
     Operation(
+        "GET", "/livez", "livez", "Liveness: 200 while the process serves.", ("anyone",),
+        {"200": ("Serving.", Probe)},
+    ),
+    Operation(
+        "GET", "/readyz", "readyz",
+        "Readiness: 200 while the streams DB answers, else 503 (the error body, fixed text).",
+        ("anyone",), {"200": ("Ready.", Probe)}, "503",
+    ),
+    Operation(
         "GET", "/metrics", "metrics", "Prometheus metrics.", ("anyone",),
         {"200": ("Prometheus text exposition.", str)}, media_type="text/plain",
     ),
@@ -211,6 +228,19 @@ OPERATIONS: tuple[Operation, ...] = (
         "GET", "/asyncapi.json", "asyncapi",
         "The WebSocket protocol (every frame, every close code) as an AsyncAPI 3.0 document.",
         ("anyone",), {"200": ("AsyncAPI 3.0.", dict[str, Any])},
+    ),
+    Operation(
+        "GET", "/api/ops/instance", "opsInstance",
+        "This instance: its checks, sockets and rates from its own counters (the console).",
+        ("platform",), {"200": ("The instance.", InstanceState)}, "401 403 503",
+    ),
+    Operation(
+        "GET", "/api/ops/drivers", "opsDrivers",
+        "The drivers online or on a delivery, with their last fix (the console).",
+        ("platform",), {"200": ("The drivers, by tenant id.", OnlineDrivers)},
+        "400 401 403 503",
+        query=(Query("limit", DriversLimit, f"At most this many drivers (default"
+                     f" {DRIVERS_LIMIT_DEFAULT}, max {DRIVERS_LIMIT_MAX})."),),
     ),
 )  # fmt: skip
 

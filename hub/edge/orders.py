@@ -8,7 +8,9 @@ answer goes back as JSON.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -17,6 +19,8 @@ from starlette.responses import Response
 from hub.domain.auth import Principal, TokenCache
 from hub.domain.gps import Gps
 from hub.domain.orders import DEFAULT_VEHICLE, NewOrder, Orders, check_may
+from hub.domain.orders.stream import READ_BYTES
+from hub.domain.sessions import ReadBudget
 from hub.edge.http import json_body, ok, principal
 from hub.edge.wire.orders import (
     DriverOnline,
@@ -29,6 +33,7 @@ from hub.edge.wire.orders import (
     decode_pickup,
     decode_ready,
 )
+from hub.errors import Busy
 from hub.events import check_stream_id, check_tenant_id
 
 __all__ = ["STEPS", "OrdersHttp"]
@@ -43,7 +48,10 @@ StepRun = Callable[[Principal, str, Any], Awaitable[dict[str, Any]]]
 class OrdersHttp:
     """``/api/orders``, ``/api/restaurants``, ``/api/motion`` and ``/api/drivers``."""
 
-    def __init__(self, orders: Orders, gps: Gps, tokens: TokenCache, *, body_limit: int) -> None:
+    def __init__(self, orders: Orders, gps: Gps, tokens: TokenCache, *, body_limit: int,
+                 budget: ReadBudget | None = None, wait: float = 30.0) -> None:  # fmt: skip
+        self.budget = budget  # the tenants' read budget (None: reads are not counted)
+        self.wait = wait  # seconds a step waits for its tenant's budget, then 503
         self.orders = orders
         self.gps = gps
         self.tokens = tokens
@@ -77,7 +85,8 @@ class OrdersHttp:
             order_id = check_stream_id(request.path_params["order_id"])
             who = principal(request, self.tokens)
             body = await json_body(request, self.body_limit)
-            return ok(await run(who, order_id, body))
+            async with self._reading(who):
+                return ok(await run(who, order_id, body))
 
         return endpoint
 
@@ -105,7 +114,26 @@ class OrdersHttp:
 
     async def details(self, request: Request) -> Response:
         order_id = check_stream_id(request.path_params["order_id"])
-        return ok(await self.orders.details(principal(request, self.tokens), order_id))
+        who = principal(request, self.tokens)
+        async with self._reading(who):
+            return ok(await self.orders.details(who, order_id))
+
+    @contextlib.asynccontextmanager
+    async def _reading(self, who: Principal) -> AsyncIterator[None]:
+        """Hold :data:`~hub.domain.orders.stream.READ_BYTES` of ``who``'s read budget while a
+        step reads its order's stream (503 after waiting ``wait`` seconds for it)."""
+        budget = self.budget
+        if budget is None:
+            yield
+            return
+        try:
+            await asyncio.wait_for(budget.acquire(who.tenant, READ_BYTES), self.wait)
+        except TimeoutError:
+            raise Busy("too many reads of this tenant at once; retry later") from None
+        try:
+            yield
+        finally:
+            budget.release(who.tenant, READ_BYTES)
 
     async def menu(self, request: Request) -> Response:
         who = principal(request, self.tokens)

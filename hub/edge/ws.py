@@ -226,7 +226,11 @@ class Connection:
                     if sub.ended:
                         raise _Closed(CloseCode.NORMAL, "archived")
                 elif sub.fallback:
+                    # A read may wait for its tenant's budget of page bytes: that wait
+                    # counts as a send that does not progress (the stall timeout, 4008).
+                    self.sending_since = time.monotonic()
                     await sub.read()
+                    self.sending_since = None
                 else:
                     self.control = None  # idle: hold no buffers
                     break
@@ -500,11 +504,13 @@ class StreamEndpoint(_Endpoint):
     async def open(self, who: Principal, scope: Scope, since: int) -> Subscription:
         stream_id = check_stream_id(scope.get("path_params", {}).get("stream_id"))
         return await open_stream(self.node, who, stream_id, since,
-                                 queue_max=self.settings.ws_queue_frames)  # fmt: skip
+                                 queue_max=self.settings.ws_queue_frames,
+                                 budget=self.sessions.budget)  # fmt: skip
 
 
 class InboxEndpoint(_Endpoint):
     """``/ws/inbox?since=P``: every event of every stream the tenant is a member of."""
 
     async def open(self, who: Principal, scope: Scope, since: int) -> Subscription:
-        return await open_inbox(self.node, who, since, queue_max=self.settings.ws_queue_frames)
+        return await open_inbox(self.node, who, since, queue_max=self.settings.ws_queue_frames,
+                                budget=self.sessions.budget)  # fmt: skip

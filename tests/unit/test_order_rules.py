@@ -27,6 +27,7 @@ from hub.domain.orders.rules import (
 from hub.errors import Conflict, Forbidden, NotFound, Unprocessable
 from hub.events import Event, Opcode
 from hub.infra.orderdb import ProductRow, StockPoint, StockTake
+from hub.infra.store import StreamInfo
 
 ORDER = "ord-5001"
 ITEMS = [{"productId": "prod-shw", "qty": 2}, {"productId": "prod-lbn", "qty": 1}]
@@ -515,16 +516,28 @@ def test_assigned_to_and_step() -> None:
 
 
 class PagedNode:
-    """The one method of a Node the order flow's reads use, over a list of events."""
+    """The two methods of a Node the order flow's reads use, over a list of events; with
+    ``archive_after`` reads the stream is archived (its events gone from the store)."""
 
-    def __init__(self, stored: list[Event]) -> None:
+    def __init__(self, stored: list[Event], archive_after: int | None = None) -> None:
         self.stored = stored
+        self.archive_after = archive_after
         self.reads: list[tuple[int, int]] = []
+        self.archived_reads = 0
 
     async def read_events(self, stream_id: str, since: int, limit: int, *,
                           archived: bool) -> list[Event]:  # fmt: skip
-        self.reads.append((since, limit))
+        if archived:
+            self.archived_reads += 1
+        else:
+            self.reads.append((since, limit))
+            if self.archive_after is not None and len(self.reads) > self.archive_after:
+                return []  # Step 11 deleted the events
         return [e for e in self.stored if e.seq > since][:limit]
+
+    async def stream_info(self, stream_id: str) -> StreamInfo:
+        archived = self.archive_after is not None and len(self.reads) > self.archive_after
+        return StreamInfo(stream_id, self.stored[-1].seq, archived, {})
 
 
 async def test_load_sees_the_whole_of_a_long_stream() -> None:
@@ -545,7 +558,26 @@ async def test_load_sees_the_whole_of_a_long_stream() -> None:
     assert got.has("payin")
     assert got.driver == "rami"
     assert [e.id for e in got.events] == [e.id for e in [*head, *tail]]  # no padding kept
-    assert node.reads == [(0, READ_MAX), (1000, READ_MAX), (2000, READ_MAX)]  # 2,512 events
+    pages = len(node.stored) // READ_MAX + 1  # the last one short (or empty)
+    assert node.reads == [(k * READ_MAX, READ_MAX) for k in range(pages)]
+    assert node.archived_reads == 0
+
+
+async def test_load_reads_the_archive_when_the_stream_is_archived_while_it_reads() -> None:
+    """A stream archived between two pages of a read (Step 11 deletes the events) reads
+    short; load then reads the archive, and sees the delivery (it told 'assigned')."""
+    from hub.domain.orders.stream import load
+
+    head = events(AT["assigned"])
+    padding = [Event(id=f"evt-{i}", stream_id=ORDER, seq=9 + i, pos=9 + i,
+                     opcode=Opcode.INVOICE_PAYMENT, node_id=None, point_id=None, delta=0,
+                     payload="{}", ts="2026-11-27T12:40:00.000Z") for i in range(100)]  # fmt: skip
+    tail = [event(109 + i, *row) for i, row in enumerate(SEED[AT["assigned"]:])]
+    node = PagedNode([*head, *padding, *tail], archive_after=2)
+    got = await load(node, ORDER)  # type: ignore[arg-type]
+    assert node.archived_reads > 0
+    assert got.status == "delivered"
+    assert got.has("payin")
 
 
 # -- ids and tenant ids a party writes --------------------------------------------------------

@@ -24,10 +24,14 @@ from hub.domain.orders.rules import OrderState
 from hub.errors import Forbidden
 from hub.events import STREAM_ID_RE, Event, NewEvent, Opcode, now_ts
 
-__all__ = ["append", "load", "read_events", "step_event"]
+__all__ = ["READ_BYTES", "append", "load", "read_events", "step_event"]
 
-READ_MAX = 1000  # events of one order read at once
-ARCHIVED_READ = 1 << 31  # an archived stream is read whole anyway (one object)
+# Events of one order read at once, live or archived (an archive is read a page at a time):
+# a page of the largest events is about 1 MiB. What a step holds besides is bounded too
+# (see load), and the edge reserves READ_BYTES of the caller's read budget around a step.
+READ_MAX = 16
+ARCHIVED_READ = READ_MAX
+READ_BYTES = 4 << 20  # a page, the events kept, and the answer built from them
 
 
 def step_event(order_id: str, step: str, opcode: int, payload: Mapping[str, Any], *,
@@ -48,7 +52,21 @@ def step_event(order_id: str, step: str, opcode: int, payload: Mapping[str, Any]
 
 async def read_events(node: Node, order_id: str, *, archived: bool = False) -> list[Event]:
     """What the order steps look at of the order's events (see :func:`load`), live or
-    from the archive, in ``seq`` order."""
+    from the archive, in ``seq`` order.
+
+    A live stream archived while it is being read (Step 11 deletes its events) reads short:
+    then the archive, which holds all of it, is read instead.
+    """
+    kept, last = await _read(node, order_id, archived)
+    if not archived:
+        info = await node.stream_info(order_id)
+        if info is not None and info.archived and last < info.last_seq:
+            kept, _ = await _read(node, order_id, True)
+    return kept
+
+
+async def _read(node: Node, order_id: str, archived: bool) -> tuple[list[Event], int]:
+    """The events :func:`load` keeps, and the last ``seq`` read."""
     kept: list[Event] = []
     seen: set[int] = set()
     steps = order_id + "."
@@ -59,9 +77,10 @@ async def read_events(node: Node, order_id: str, *, archived: bool = False) -> l
             if e.opcode not in seen or e.opcode == Opcode.TASK_ASSIGN or e.id.startswith(steps):
                 kept.append(e)
                 seen.add(e.opcode)
+        if events:
+            since = events[-1].seq
         if len(events) < page:
-            return kept
-        since = events[-1].seq
+            return kept, since
 
 
 async def load(node: Node, order_id: str, *, archived: bool = False) -> OrderState:
@@ -73,13 +92,7 @@ async def load(node: Node, order_id: str, *, archived: bool = False) -> OrderSta
     """
     if not STREAM_ID_RE.match(order_id):
         raise Forbidden("not a member of this order")
-    events = await read_events(node, order_id, archived=archived)
-    if not archived and not any(e.opcode == Opcode.ORDER_CREATE for e in events):
-        # Archived since the caller looked (Step 11 deletes the events): read the archive.
-        info = await node.stream_info(order_id)
-        if info is not None and info.archived:
-            events = await read_events(node, order_id, archived=True)
-    return OrderState(order_id, events)
+    return OrderState(order_id, await read_events(node, order_id, archived=archived))
 
 
 async def append(node: Node, order_id: str, events: Sequence[NewEvent], *,
