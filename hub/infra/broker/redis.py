@@ -87,6 +87,7 @@ CONFIRM_TIMEOUT = 2.0
 IDLE_PING = 5.0  # seconds of silence before the listener pings Redis
 DEAD_AFTER = 15.0  # seconds of silence (no reply to pings) before reconnecting
 MAX_BACKOFF = 5.0
+CLOSE_TIMEOUT = 2.0  # seconds each connection close may take at shutdown
 
 
 def _event_from_json(data: bytes) -> Event:
@@ -196,14 +197,21 @@ class RedisBroker:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        await self._drop_pubsub()
-        await self._topo.close()
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
         for fut in self._confirm.values():
             if not fut.done():
                 fut.cancel()
+        # Closing connections to a Redis that stopped answering must not hold up the
+        # process's exit: each close is bounded, and what did not close is dropped.
+        for close in (self._drop_pubsub, self._topo.close, self._close_client):
+            try:
+                await asyncio.wait_for(close(), CLOSE_TIMEOUT)
+            except (TimeoutError, RedisError, OSError) as exc:
+                log.warning("closing the Redis link: %s", exc or type(exc).__name__)
+
+    async def _close_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
 
     def health(self) -> str:
         if not self._connected:
