@@ -42,7 +42,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -310,26 +310,30 @@ def _guard_of(cls: type[Any]) -> Guard:
     return guard
 
 
-class _H11(H11Protocol):
-    """uvicorn's h11 protocol, reporting to a :class:`Guard`."""
+class _Reporting(asyncio.Protocol):
+    """What both protocol classes tell their :class:`Guard`: a connection opened and closed,
+    what it waits for after each read and each response. Mixed in before uvicorn's class,
+    which provides ``transport``, ``connections`` and ``loop``."""
 
     hub_guard: ClassVar[Guard | None] = None
+    transport: asyncio.Transport
+    connections: set[Any]
+    loop: asyncio.AbstractEventLoop
+    _guard: Guard
+    _upgraded: bool
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def _waiting_for(self) -> Phase | None:
+        raise NotImplementedError
+
+    def _report(self) -> None:
         self._guard = _guard_of(type(self))
         self._upgraded = False
 
-    def _waiting_for(self) -> Phase | None:
-        state = self.conn.their_state
-        if state is h11.IDLE:
-            return "headers"
-        return "body" if state is h11.SEND_BODY else None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if self._guard.opened(self, transport, self.connections, self.loop):
-            self._guard.update(self, transport, "headers")
+        stream = cast(asyncio.Transport, transport)  # a TCP transport (uvloop's or asyncio's)
+        if self._guard.opened(self, stream, self.connections, self.loop):
+            self._guard.update(self, stream, "headers")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._guard.closed(self)
@@ -341,9 +345,23 @@ class _H11(H11Protocol):
             self._guard.update(self, self.transport, self._waiting_for())
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        super().on_response_complete()  # type: ignore[misc]  # uvicorn's class has it
         if not self._upgraded:
             self._guard.update(self, self.transport, self._waiting_for(), after_response=True)
+
+
+class _H11(_Reporting, H11Protocol):
+    """uvicorn's h11 protocol, reporting to a :class:`Guard`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._report()
+
+    def _waiting_for(self) -> Phase | None:
+        state = self.conn.their_state
+        if state is h11.IDLE:
+            return "headers"
+        return "body" if state is h11.SEND_BODY else None
 
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
         if self._guard.upgrading(self, self.transport, self.connections):
@@ -351,15 +369,12 @@ class _H11(H11Protocol):
             super().handle_websocket_upgrade(event)
 
 
-class _HttpTools(HttpToolsProtocol):
+class _HttpTools(_Reporting, HttpToolsProtocol):
     """uvicorn's httptools protocol, reporting to a :class:`Guard`."""
-
-    hub_guard: ClassVar[Guard | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._guard = _guard_of(type(self))
-        self._upgraded = False
+        self._report()
         self._phase: Phase | Literal["done"] = "headers"  # of the request being received
 
     def _waiting_for(self) -> Phase | None:
@@ -368,20 +383,6 @@ class _HttpTools(HttpToolsProtocol):
         if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
             return None  # a request received and not yet answered
         return "headers"
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        if self._guard.opened(self, transport, self.connections, self.loop):
-            self._guard.update(self, transport, "headers")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._guard.closed(self)
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if not self._upgraded:
-            self._guard.update(self, self.transport, self._waiting_for())
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -394,11 +395,6 @@ class _HttpTools(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._phase = "done"
         super().on_message_complete()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self._upgraded:
-            self._guard.update(self, self.transport, self._waiting_for(), after_response=True)
 
     def handle_websocket_upgrade(self) -> None:
         if self._guard.upgrading(self, self.transport, self.connections):
