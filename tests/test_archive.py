@@ -139,14 +139,30 @@ class SeaweedS3:
             f"-s3.config={self.config}",
             "-s3.autoCreateBucket=false",  # like AWS: the bucket must exist
         ]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
+        launches = 0
+
+        def launch() -> int:
+            """Start weed; returns where its lines begin in the log."""
+            with open(self.log_path, "ab") as log:
+                start = log.tell()
+                self.proc = subprocess.Popen(
+                    args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                )
+            return start
+
+        since = launch()
         deadline = time.monotonic() + timeout(wait)
         probe = self.raw_store()
         while True:
+            assert self.proc is not None
             if self.proc.poll() is not None:
+                # A restart on the same ports can find one taken for the moment by another
+                # process's outgoing connection: try again shortly (a few times at most).
+                if b"address already in use" in self.log_path.read_bytes()[since:] and launches < 5:
+                    launches += 1
+                    time.sleep(1)
+                    since = launch()
+                    continue
                 raise RuntimeError(f"weed exited {self.proc.returncode}:\n{self.log()}")
             try:
                 # The bucket is a directory of the filer (409: it exists already).
