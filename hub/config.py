@@ -21,14 +21,18 @@ class SettingsError(ValueError):
     """A setting is malformed (e.g. a non-numeric ``HUB_ARCHIVE_DELAY``)."""
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, *,
+           minimum: float | None = None) -> float:  # fmt: skip
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if minimum is not None and not minimum <= value < float("inf"):
+        raise SettingsError(f"{name} must be a number of at least {minimum:g}, got {raw!r}")
+    return value
 
 
 def _int(env: Mapping[str, str], name: str, default: int | None, *,
@@ -110,6 +114,12 @@ class Settings:
     archive_delay: float = 0.0
     delivery_fee: float = 5.00
     driver_payout: float = 12.00
+    # Orders that do not go as planned (docs/protocol.md §6): an assigned driver silent this
+    # long before pickup is unassigned; a paid order no kitchen accepts this long is
+    # cancelled (0: never); deliver farther than this (metres) from the drop-off is refused.
+    driver_timeout: float = 120.0
+    accept_timeout: float = 900.0
+    deliver_radius: float = 500.0
     log_format: str = "text"  # HUB_LOG_FORMAT: text or json (hub.edge.logs)
 
     # Limits and timeouts (additions to the contract; docs/protocol.md §8). Each has an
@@ -177,6 +187,9 @@ class Settings:
             archive_delay=_float(e, "HUB_ARCHIVE_DELAY", 0.0),
             delivery_fee=_float(e, "HUB_DELIVERY_FEE", 5.00),
             driver_payout=_float(e, "HUB_DRIVER_PAYOUT", 12.00),
+            driver_timeout=_float(e, "HUB_DRIVER_TIMEOUT", 120.0, minimum=0.1),
+            accept_timeout=_float(e, "HUB_ACCEPT_TIMEOUT", 900.0, minimum=0),
+            deliver_radius=_float(e, "HUB_DELIVER_RADIUS", 500.0, minimum=0),
             log_format=_choice(e, "HUB_LOG_FORMAT", ("text", "json")),
             max_body_bytes=_limit(e, "HUB_MAX_BODY_BYTES", 1 << 20, minimum=1024),
             max_payload_bytes=_limit(e, "HUB_MAX_PAYLOAD_BYTES", MAX_PAYLOAD_BYTES, minimum=2,

@@ -118,19 +118,24 @@ def json_depth(value: object, limit: int = MAX_DEPTH) -> int:
 
 
 class Opcode(IntEnum):
-    """The seed's opcodes (docs/protocol.md §3)."""
+    """The seed's opcodes (docs/protocol.md §3) and those of orders that do not go as
+    planned (§6), in the seed's families."""
 
     SALE_OUT = 102
+    SALE_RETURN = 103
     INVOICE_PAYMENT = 203
+    INVOICE_REFUND = 204
     TASK_CREATE = 301
     TASK_ASSIGN = 302
     TASK_START = 303
     TASK_DONE = 305
+    TASK_UNASSIGN = 306
     ACCOUNT_PAYIN = 401
     ACCOUNT_PAYOUT = 402
     ORDER_CREATE = 501
     ORDER_SHIP = 502
     ORDER_DELIVER = 503
+    ORDER_CANCEL = 504
 
 
 OPCODES: dict[int, str] = {op.value: op.name for op in Opcode}

@@ -846,8 +846,14 @@ def endpoints(oid: str) -> list[tuple[str, str, Json | None]]:
         ("POST", f"/api/orders/{oid}/ready", {}),
         ("POST", f"/api/orders/{oid}/pickup", {}),
         ("POST", f"/api/orders/{oid}/deliver", {"lat": 25.08, "lng": 55.14}),
+        ("POST", f"/api/orders/{oid}/cancel", {"reason": "x"}),
+        ("POST", f"/api/orders/{oid}/decline", {}),
         ("GET", f"/api/orders/{oid}", None),
         ("GET", "/api/restaurants/bab-hara", None),
+        ("PUT", "/api/restaurants/bab-hara/menu/prod-shw", {"qty": 5}),
+        ("POST", "/api/restaurants/bab-hara/status", {"open": False}),
+        ("POST", "/api/tenants", {"id": "new-one", "role": "customer", "name": "N",
+                                  "lat": 25.0, "lng": 55.0, "address": "A", "currency": "AED"}),
         ("POST", "/api/motion", {"lat": 25.1, "lng": 55.2}),
         ("POST", "/api/drivers/status", {"status": "online", "lat": 25.1, "lng": 55.2}),
         ("GET", "/api/drivers/me", None),
@@ -877,7 +883,8 @@ def test_every_endpoint_refuses_missing_and_bad_tokens_with_401(seeded: HubProce
                 m,
                 p.replace(f"/streams/{oid}", "/streams/{stream_id}")
                 .replace(f"/orders/{oid}", "/orders/{order_id}")
-                .replace("/restaurants/bab-hara", "/restaurants/{restaurant}"),
+                .replace("/restaurants/bab-hara", "/restaurants/{restaurant}")
+                .replace("/menu/prod-shw", "/menu/{product_id}"),
             )
             for m, p, _ in endpoints(oid)
         }

@@ -25,7 +25,7 @@ import pytest
 
 from hub.errors import Conflict, Unavailable
 from hub.events import Event, NewEvent, Opcode, parse_draft
-from hub.infra.store import AppendResult, NotFirstEvent, Store, StreamArchived
+from hub.infra.store import AppendResult, NotFirstEvent, Store, StreamArchived, StreamChanged
 from hub.infra.store.file import FileStore
 from hub.infra.store.remote import RemoteStore
 from tests.conftest import timeout
@@ -331,6 +331,61 @@ async def test_stream_info_members_and_last_seq(store: Store) -> None:
     assert info.members == expected
 
 
+def task_unassign(event_id: str, driver: str) -> NewEvent:
+    return ev(event_id, Opcode.TASK_UNASSIGN, payload={"driver": driver, "reason": "declined"})
+
+
+async def test_a_membership_ends_at_task_unassign_and_starts_again(store: Store) -> None:
+    """TASK_UNASSIGN ends its driver's membership (gone from stream_info, the append's
+    members, and the inbox after that event); a later TASK_ASSIGN starts a new span, and
+    the inbox replays exactly the two spans. The append that ended it reports the span."""
+    await store.append(STREAM, [order_create("e1")], first=True)
+    first = await store.append(STREAM, [task_assign("e2", "d1"), ev("e3")])
+    left = await store.append(STREAM, [task_unassign("e4", "d1")])
+    await store.append(STREAM, [ev("e5"), task_assign("e6", "d2"), task_unassign("e7", "d2")])
+    back = await store.append(STREAM, [task_assign("e8", "d1"), ev("e9")])
+
+    joined, ended = first.events[0].pos, left.events[0].pos
+    assert "d1" not in left.members
+    assert left.left == (("d1", joined, ended),)
+    assert (await store.stream_info(STREAM)).members["d1"] == back.events[0].pos  # type: ignore[union-attr]
+    inbox = await store.read_inbox("d1", 0, 100)
+    assert [e.id for e in inbox] == ["e2", "e3", "e4", "e8", "e9"]
+    assert [e.id for e in await store.read_inbox("d2", 0, 100)] == ["e6", "e7"]
+    # Resumed from inside the first span, the replay is the same.
+    assert [e.id for e in await store.read_inbox("d1", first.events[1].pos, 100)] == [
+        "e4", "e8", "e9"]  # fmt: skip
+    # A retried unassign ends nothing more and reports nothing.
+    again = await store.append(STREAM, [task_unassign("e4", "d1")])
+    assert again.new == []
+    assert again.left == ()
+    assert "d1" in again.members
+    assert await store.find_streams(member="d2") == []
+    assert await store.find_streams(member="d1") == [STREAM]
+
+
+async def test_expected_seq_commits_only_onto_the_stream_it_was_decided_on(store: Store) -> None:
+    """An append with ``expected`` commits only if the stream's last seq is still that
+    (StreamChanged otherwise, nothing written); a retry of stored ids is still a retry."""
+    await store.append(STREAM, [order_create("e1")], first=True)
+    two = await store.append(STREAM, [ev("e2")], expected=1)
+    assert two.events[0].seq == 2
+    with pytest.raises(StreamChanged):
+        await store.append(STREAM, [ev("e3")], expected=1)
+    assert [e.id for e in await store.read_stream(STREAM, 0, 10)] == ["e1", "e2"]
+    retried = await store.append(STREAM, [ev("e2")], expected=1)
+    assert retried.new == []
+    assert retried.events == two.events
+    # Of two appends decided on the same seq, exactly one commits.
+    outcomes = await asyncio.gather(
+        store.append(STREAM, [ev("a")], expected=2),
+        store.append(STREAM, [ev("b")], expected=2),
+        return_exceptions=True,
+    )
+    assert sorted(type(o).__name__ for o in outcomes) == ["AppendResult", "StreamChanged"]
+    assert (await store.stream_info(STREAM)).last_seq == 3  # type: ignore[union-attr]
+
+
 async def test_listener_hears_every_commit_in_order_before_the_caller(
     store: Store, commits: Commits
 ) -> None:
@@ -393,15 +448,18 @@ async def test_find_streams(store: Store) -> None:
 
 
 async def test_stream_opcodes(store: Store) -> None:
-    """stream_opcodes names which of the asked opcodes a stream holds, and no others."""
+    """stream_opcodes names which of the asked opcodes a stream holds, each with the seq
+    of its last event, and no others."""
     await store.append("ord-a", [order_create("a1"), task_assign("a2", "d1")], first=True)
     await store.append("ord-a", [ev(f"a{i}", Opcode.ACCOUNT_PAYOUT) for i in range(3, 9)])
     await store.append("ord-b", [order_create("b1")], first=True)
     among = (Opcode.ORDER_CREATE, Opcode.TASK_ASSIGN, Opcode.ORDER_DELIVER)
-    assert await store.stream_opcodes("ord-a", among) == {Opcode.ORDER_CREATE, Opcode.TASK_ASSIGN}
-    assert await store.stream_opcodes("ord-b", among) == {Opcode.ORDER_CREATE}
-    assert await store.stream_opcodes("ord-a", (Opcode.ACCOUNT_PAYOUT,)) == {Opcode.ACCOUNT_PAYOUT}
-    assert await store.stream_opcodes("nowhere", among) == set()
+    assert await store.stream_opcodes("ord-a", among) == {Opcode.ORDER_CREATE: 1,
+                                                          Opcode.TASK_ASSIGN: 2}  # fmt: skip
+    assert await store.stream_opcodes("ord-b", among) == {Opcode.ORDER_CREATE: 1}
+    assert await store.stream_opcodes("ord-a", (Opcode.ACCOUNT_PAYOUT,)) == {
+        Opcode.ACCOUNT_PAYOUT: 8}  # fmt: skip
+    assert await store.stream_opcodes("nowhere", among) == {}
 
 
 def fresh(opcode: int = Opcode.INVOICE_PAYMENT, stream: str = STREAM, **fields: Any) -> NewEvent:
@@ -603,3 +661,37 @@ async def test_remote_lost_database_is_unavailable_then_recovers(
     await store.close()  # idempotent
     with pytest.raises(Unavailable):
         await store.ping()
+
+
+async def test_a_streams_db_from_before_spans_is_migrated(tmp_path: Path) -> None:
+    """A streams DB whose ``members`` has one row per (stream, tenant) and no ``untilSeq``
+    (made before memberships could end) keeps every member when opened, and its
+    memberships can then end and start again."""
+    import sqlite3
+
+    path = tmp_path / "streams.db"
+    old = FileStore(f"file:{path}")
+    await old.open()
+    await old.append(STREAM, [order_create("e1"), task_assign("e2", "d1")], first=True)
+    await old.close()
+    conn = sqlite3.connect(path)
+    with conn:
+        rows = conn.execute("SELECT streamId, tenant, fromSeq, fromPos FROM members").fetchall()
+        conn.execute("DROP TABLE members")
+        conn.execute("CREATE TABLE members (streamId TEXT NOT NULL, tenant TEXT NOT NULL,"
+                     " fromSeq INTEGER NOT NULL, fromPos INTEGER NOT NULL,"
+                     " PRIMARY KEY (streamId, tenant)) WITHOUT ROWID")  # fmt: skip
+        conn.executemany("INSERT INTO members VALUES (?, ?, ?, ?)", rows)
+    conn.close()
+
+    store = FileStore(f"file:{path}")
+    await store.open()
+    try:
+        before = await store.stream_info(STREAM)
+        assert before is not None
+        assert set(before.members) == {"c1", "r1", "d1"}
+        await store.append(STREAM, [task_unassign("e3", "d1")])
+        await store.append(STREAM, [task_assign("e4", "d1")])
+        assert [e.id for e in await store.read_inbox("d1", 0, 10)] == ["e2", "e3", "e4"]
+    finally:
+        await store.close()

@@ -60,8 +60,9 @@ class Archiver:
         """Start the task and pick up delivered streams a crash left unarchived."""
         self._task = asyncio.create_task(self._run(), name="hub-archiver")
         try:
-            for stream_id in await self.store.find_streams(having=Opcode.ORDER_DELIVER):
-                self.schedule(stream_id)
+            for final in (Opcode.ORDER_DELIVER, Opcode.ORDER_CANCEL):
+                for stream_id in await self.store.find_streams(having=final):
+                    self.schedule(stream_id)
         except Exception:
             log.exception("could not list streams left to archive")
 

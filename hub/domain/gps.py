@@ -148,7 +148,10 @@ class Gps:
 
     async def _write(self, driver: str, lat: float, lng: float) -> None:
         db = self.tenants.tenant(driver)
-        await db.execute("UPDATE points SET lat = ?, lng = ? WHERE nodeId = ?", [lat, lng, driver])
+        # seenAt: when the driver was last heard of (within the interval of its latest
+        # ping), on the same row, so a ping still writes one row.
+        await db.execute("UPDATE points SET lat = ?, lng = ?, seenAt = ? WHERE nodeId = ?",
+                         [lat, lng, now_ts(), driver])  # fmt: skip
 
     async def _fan_out(self, driver: str, lat: float, lng: float) -> None:
         now = time.monotonic()

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from hub.config import Settings
 from hub.domain.auth import (
     Principal,
+    Role,
     TokenCache,
     authorize_append,
     authorize_read,
@@ -102,9 +103,10 @@ class Node:
         if who.is_platform:
             return await self.commit(stream_id, events)
         check_client_ids(who, stream_id, events)  # before anything the stream holds is read
-        # A remembered member needs no read of the store.
+        # A remembered member needs no read of the store, but a driver's membership ends
+        # at a TASK_UNASSIGN that another instance may have written: it is read each time.
         info = self._members.get(stream_id)
-        if info is None or who.tenant not in info.members:
+        if info is None or who.tenant not in info.members or who.role is Role.DRIVER:
             info = await self.store.stream_info(stream_id)
             if info is not None:
                 self._remember(info)
@@ -112,13 +114,19 @@ class Node:
         return await self.commit(stream_id, events, first=first)
 
     async def commit(
-        self, stream_id: str, events: Sequence[NewEvent], *, first: bool = False
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        *,
+        first: bool = False,
+        expected: int | None = None,
     ) -> AppendResult:
         """Commit already-authorized events and count them; the store reports the commit
-        to :meth:`committed` before this returns."""
+        to :meth:`committed` before this returns. ``expected``: see :meth:`Store.append
+        <hub.infra.store.Store.append>`."""
         t0 = time.perf_counter()
         try:
-            result = await self.store.append(stream_id, events, first=first)
+            result = await self.store.append(stream_id, events, first=first, expected=expected)
         except Busy:
             raise  # overloaded or locked elsewhere: not a failing database
         except Unavailable as exc:
@@ -193,8 +201,9 @@ class Node:
         event that made it one (every stream for None, the platform); the store only."""
         return await self.store.read_inbox(tenant, since, limit)
 
-    async def stream_opcodes(self, stream_id: str, among: Sequence[int]) -> set[int]:
-        """Which of the opcodes ``among`` the stream's stored events have."""
+    async def stream_opcodes(self, stream_id: str, among: Sequence[int]) -> dict[int, int]:
+        """Which of the opcodes ``among`` the stream's stored events have, each with the
+        ``seq`` of its last one."""
         return await self.store.stream_opcodes(stream_id, among)
 
     async def find_streams(self, *, having: int | None = None, lacking: int | None = None,

@@ -15,7 +15,9 @@ events dropped and is fed from the log at the pace its transport sends (it loses
 nothing). A gap in a stream's live events (a ``seq`` jump) and a broker's resync (Redis
 reconnected: messages may be lost) are filled from the log the same way. When the stream
 is archived (a ``final`` notice), what follows ``last`` is read from the archive, then the
-``archived`` frame ends the subscription.
+``archived`` frame ends the subscription. A member's stream subscription also ends, after
+the event, at a TASK_UNASSIGN that names it (its membership ended: ``end_code`` 4403), on
+whichever instance the event was written.
 
 The transport owns the sending and nothing else; its writer is this loop (one writer per
 subscription, never two at once)::
@@ -26,8 +28,8 @@ subscription, never two at once)::
             frame = sub.next_frame()      # from memory: a page, the queue, notices
             if frame is not None:
                 await send(frame)
-                if sub.ended:             # that was the "archived" frame
-                    close(1000)
+                if sub.ended:             # the "archived" frame, or membership ended
+                    close(sub.end_code)
             elif sub.fallback:
                 await sub.read()          # the next page from the log
             else:
@@ -54,7 +56,7 @@ from hub.domain.archiver import archived_frame
 from hub.domain.auth import Principal
 from hub.domain.node import Node
 from hub.domain.sessions import EVENT_MAX, ReadBudget, clip
-from hub.events import Event
+from hub.events import Event, Opcode
 from hub.infra.broker import Message, Notice, inbox_channel, stream_channel
 
 __all__ = ["NOTICE_MAX", "REPLAY_PAGE", "Subscription", "open_inbox", "open_stream"]
@@ -75,10 +77,10 @@ class Subscription:
     dropped once sent (most subscribers wait far longer than they receive).
     """
 
-    __slots__ = ("_announced", "_budget", "_held", "_limit", "_page", "_waiter", "ended",
-                 "fallback", "final", "hints_only", "last", "node", "notices", "owner",
-                 "pending", "queue", "queue_max", "resynced", "stream_id",
-                 "tenant")  # fmt: skip
+    __slots__ = ("_announced", "_budget", "_held", "_limit", "_page", "_waiter", "end_code",
+                 "ended", "fallback", "final", "hints_only", "joined", "last", "node",
+                 "notices", "owner", "pending", "queue", "queue_max", "resynced",
+                 "stream_id", "tenant")  # fmt: skip
 
     def __init__(
         self,
@@ -90,6 +92,7 @@ class Subscription:
         queue_max: int,
         budget: ReadBudget | None = None,
         owner: str = "",
+        joined: int | None = None,
     ) -> None:
         self.node = node
         self._budget = budget  # the bytes of pages read, per tenant (None: unbounded)
@@ -103,6 +106,10 @@ class Subscription:
         self.notices: deque[Notice] | None = None  # location frames (oldest dropped first)
         self.final: Notice | None = None  # the stream was archived: the last frame
         self.ended = False  # the final frame was handed out
+        self.end_code = 1000  # the close code once ended (4403: membership ended)
+        # A member's stream subscription: the pos its membership began at. A TASK_UNASSIGN
+        # naming the owner from there on ends the subscription (None: the platform's).
+        self.joined = joined
         self.fallback = True  # read from the log before anything else (first: the replay)
         self.resynced = False  # the next read fills what the broker may have lost
         self.pending = True  # something for the writer to look at (first: the replay)
@@ -197,6 +204,7 @@ class Subscription:
             if not page:
                 self._page = None
             self.last = event.seq if self.stream_id is not None else event.pos
+            self._check_left(event)
             return event.frame
         if self._held:  # the page's last frame has been sent
             self.release()
@@ -218,6 +226,7 @@ class Subscription:
                     return None
             if key > self.last:
                 self.last = key
+                self._check_left(event)
                 return event.frame
         if self.notices:
             return self.notices.popleft().frame
@@ -226,6 +235,15 @@ class Subscription:
             return self.final.frame
         self.queue = self.notices = None  # idle: hold no buffers
         return None
+
+    def _check_left(self, event: Event) -> None:
+        """End a member's stream subscription after the TASK_UNASSIGN that names it."""
+        if (self.joined is not None and event.opcode == Opcode.TASK_UNASSIGN
+                and event.pos >= self.joined
+                and event.payload_obj.get("driver") == self.owner):  # fmt: skip
+            self.ended = True
+            self.end_code = 4403
+            self._page = self.queue = None
 
     async def read(self) -> None:
         """Read the next page after ``last`` from the log (the replay, an overflow, a gap,
@@ -290,8 +308,9 @@ async def open_stream(
         info = await node.stream_info(stream_id)
     else:
         info = await node.read(who, stream_id)
+    joined = None if who.is_platform or info is None else info.members.get(who.tenant)
     sub = Subscription(node, stream_id=stream_id, tenant=None, since=since, queue_max=queue_max,
-                       budget=budget, owner=who.tenant)  # fmt: skip
+                       budget=budget, owner=who.tenant, joined=joined)  # fmt: skip
     if info is not None and info.archived:
         sub.offer(Notice(stream_id, archived_frame(stream_id), final=True))
     await node.subscribe(sub.channel, sub)

@@ -26,12 +26,14 @@ from hub.domain.archiver import Archiver
 from hub.domain.gps import Gps
 from hub.domain.node import Node
 from hub.domain.orders import Orders
+from hub.domain.orders.timers import Timers
 from hub.domain.sessions import Sessions
 from hub.edge.append import AppendEndpoint
 from hub.edge.http import StaticPages, error_handlers
 from hub.edge.logs import adopt_server_logging, install_filters, log_startup
 from hub.edge.ops import OpsHttp, timed
 from hub.edge.orders import STEPS, OrdersHttp
+from hub.edge.restaurants import RestaurantsHttp
 from hub.edge.streams import StreamsHttp
 from hub.edge.ws import InboxEndpoint, StreamEndpoint
 from hub.infra.archive import open_archive
@@ -58,6 +60,7 @@ class Parts:
     archiver: Archiver
     orders: Orders
     sessions: Sessions
+    timers: Timers
 
     @classmethod
     def build(cls, settings: Settings) -> Parts:
@@ -83,7 +86,8 @@ class Parts:
         sessions = Sessions(max_per_subject=settings.ws_max_per_token,
                             stall_timeout=settings.ws_stall_timeout,
                             read_budget=settings.tenant_read_budget)  # fmt: skip
-        return cls(node, tenants, gps, archiver, orders, sessions)
+        timers = Timers(orders, node, settings)
+        return cls(node, tenants, gps, archiver, orders, sessions, timers)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -98,6 +102,7 @@ class Parts:
             except Exception:
                 log.exception("start-up recovery failed; it runs again at the next start")
             await self.archiver.start()
+            await self.timers.start()
             # What start-up allocated lives as long as the process: keep the cyclic GC
             # from walking it again and again, and collect the young generation less
             # eagerly (each socket holds ~140 tracked objects; with Python's default
@@ -110,6 +115,7 @@ class Parts:
             yield
         finally:
             node.metrics.unwatch_gc()
+            await self.timers.close()
             await self.archiver.close()
             await self.gps.close()
             await self.sessions.close()
@@ -125,6 +131,7 @@ def routes(parts: Parts, settings: Settings) -> list[BaseRoute]:
     orders = OrdersHttp(parts.orders, parts.gps, tokens, body_limit=settings.max_body_bytes,
                         budget=parts.sessions.budget, wait=settings.ws_stall_timeout)  # fmt: skip
     ops = OpsHttp(node, parts.tenants)
+    restaurants = RestaurantsHttp(parts.tenants, tokens, body_limit=settings.max_body_bytes)
     return timed(node.metrics, [
         # The event log (docs/protocol.md §4-5).
         Route("/api/streams/{stream_id}/events", AppendEndpoint(node, settings), methods=["POST"]),
@@ -142,6 +149,11 @@ def routes(parts: Parts, settings: Settings) -> list[BaseRoute]:
         Route("/api/motion", orders.motion, methods=["POST"]),
         Route("/api/drivers/status", orders.driver_status, methods=["POST"]),
         Route("/api/drivers/me", orders.driver_me, methods=["GET"]),
+        # Menus, restaurant status and tenants as data (docs/protocol.md §4.5).
+        Route("/api/restaurants/{restaurant}/menu/{product_id}", restaurants.put_product,
+              methods=["PUT"]),
+        Route("/api/restaurants/{restaurant}/status", restaurants.set_status, methods=["POST"]),
+        Route("/api/tenants", restaurants.create_tenant, methods=["POST"]),
         # Operations (docs/protocol.md §9): probes, metrics, documents, the platform console.
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/livez", ops.livez, methods=["GET"]),

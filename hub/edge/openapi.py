@@ -56,6 +56,15 @@ from hub.edge.wire.orders import (
     OrderCreated,
     OrderDetails,
     OrderStep,
+    Product,
+)
+from hub.edge.wire.restaurants import (
+    NewTenant,
+    ProductId,
+    PutProduct,
+    RestaurantStatus,
+    SetOpen,
+    Tenant,
 )
 from hub.events import MAX_BATCH, MAX_PAYLOAD_BYTES
 
@@ -87,6 +96,7 @@ PATH_PARAMETERS: dict[str, tuple[Any, str]] = {
     "stream_id": (StreamId, "The stream (an order's id); 400 otherwise."),
     "order_id": (StreamId, "The order (its stream id); 400 otherwise."),
     "restaurant": (TenantId, "The restaurant's tenant id."),
+    "product_id": (ProductId, "The product (its node id in the restaurant's DB); 400 otherwise."),
 }
 
 
@@ -132,6 +142,11 @@ STEP_DOCS: dict[str, tuple[str, str]] = {
     "ready": ("Food ready, assign a driver (seed Steps 5-6).", "restaurant"),
     "pickup": ("Picked up (seed Step 8).", "driver"),
     "deliver": ("Delivered (seed Steps 10-11).", "driver"),
+    "cancel": ("Cancel: the customer while placed or paid, the restaurant until ready (a"
+               " rejection), the platform until delivered; refund, stock back, driver off.",
+               "customer"),
+    "decline": ("The assigned driver gives the order back before pickup; it goes to the"
+                " next nearest idle driver.", "driver"),
 }
 
 
@@ -139,7 +154,8 @@ def _step(name: str) -> Operation:
     summary, role = STEP_DOCS.get(name, (f"The {name} step.", "platform"))
     return Operation(
         "POST", f"/api/orders/{{order_id}}/{name}", name, summary,
-        (role, "platform") if role != "platform" else ("platform",),
+        ((role, "restaurant", "platform") if name == "cancel"
+         else (role, "platform") if role != "platform" else ("platform",)),
         {"200": ("The step's writes.", OrderStep)}, "400 401 403 404 409 413 422 503",
         body=STEP_BODIES.get(name, dict[str, Any]), body_text=f"The {name} step's fields.",
     )  # fmt: skip
@@ -183,6 +199,29 @@ OPERATIONS: tuple[Operation, ...] = (
         "GET", "/api/restaurants/{restaurant}", "menu",
         "A restaurant's name, location and products.", EVERYONE,
         {"200": ("The menu.", Menu)}, "400 401 404 422 503",
+    ),
+    Operation(
+        "PUT", "/api/restaurants/{restaurant}/menu/{product_id}", "putProduct",
+        "Create a product of the restaurant's menu, or change what is given of one.",
+        ("restaurant", "platform"),
+        {"201": ("Created: the product as the menu lists it.", Product),
+         "200": ("Changed (or already so: nothing written): the product.", Product)},
+        "400 401 403 404 409 413 422 503",
+        body=PutProduct, body_text="What to set; a new product needs title and price.",
+    ),
+    Operation(
+        "POST", "/api/restaurants/{restaurant}/status", "restaurantStatus",
+        "Open or close the restaurant for orders.", ("restaurant", "platform"),
+        {"200": ("The restaurant's state.", RestaurantStatus)}, "400 401 403 404 413 422 503",
+        body=SetOpen, body_text="Open or closed.",
+    ),
+    Operation(
+        "POST", "/api/tenants", "createTenant",
+        "Create a tenant (a restaurant, customer or driver) with its database.", ("platform",),
+        {"201": ("Created.", Tenant),
+         "200": ("The same tenant exists already: nothing written.", Tenant)},
+        "400 401 403 409 413 422 503",
+        body=NewTenant, body_text="The tenant.",
     ),
     Operation(
         "POST", "/api/motion", "motion",

@@ -25,7 +25,9 @@ from hub.edge.http import json_body, ok, principal
 from hub.edge.wire.orders import (
     DriverOnline,
     decode_accept,
+    decode_cancel,
     decode_create_order,
+    decode_decline,
     decode_deliver,
     decode_driver_status,
     decode_motion,
@@ -38,7 +40,7 @@ from hub.events import check_stream_id, check_tenant_id
 
 __all__ = ["STEPS", "OrdersHttp"]
 
-STEPS = ("pay", "accept", "ready", "pickup", "deliver")
+STEPS = ("pay", "accept", "ready", "pickup", "deliver", "cancel", "decline")
 
 StepRun = Callable[[Principal, str, Any], Awaitable[dict[str, Any]]]
 
@@ -59,6 +61,7 @@ class OrdersHttp:
         self._steps: dict[str, StepRun] = {
             "pay": self._pay, "accept": self._accept, "ready": self._ready,
             "pickup": self._pickup, "deliver": self._deliver,
+            "cancel": self._cancel, "decline": self._decline,
         }  # fmt: skip
 
     async def create(self, request: Request) -> Response:
@@ -111,6 +114,14 @@ class OrdersHttp:
     async def _deliver(self, who: Principal, order_id: str, body: Any) -> dict[str, Any]:
         at = decode_deliver(body)
         return await self.orders.deliver(who, order_id, lat=at.lat, lng=at.lng)
+
+    async def _cancel(self, who: Principal, order_id: str, body: Any) -> dict[str, Any]:
+        cancel = decode_cancel(body)
+        return await self.orders.cancel(who, order_id, reason=cancel.reason or "")
+
+    async def _decline(self, who: Principal, order_id: str, body: Any) -> dict[str, Any]:
+        decline = decode_decline(body)
+        return await self.orders.decline(who, order_id, reason=decline.reason or "")
 
     async def details(self, request: Request) -> Response:
         order_id = check_stream_id(request.path_params["order_id"])

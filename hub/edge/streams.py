@@ -78,7 +78,7 @@ class StreamsHttp:
         node = self.node
         parts: list[bytes] = [b""]  # the head, once the order's status is known
         count = size = 0
-        opcodes: set[int] = set()
+        opcodes: dict[int, int] = {}  # opcode -> the seq of its last event
         after, whole = since, False
         while count < limit:
             # As many events as the bytes taken allow besides what the answer holds.
@@ -97,7 +97,7 @@ class StreamsHttp:
                 parts.append(piece)
                 size += len(piece)
                 count += 1
-                opcodes.add(event.opcode)
+                opcodes[event.opcode] = event.seq
                 after = event.seq
             rows.clear()  # what did not fit
             if full:

@@ -223,6 +223,8 @@ class Connection:
                 frame = sub.next_frame()
                 if frame is not None:
                     await self.send(frame)
+                    if sub.ended and sub.end_code == CloseCode.FORBIDDEN:
+                        raise _Closed(CloseCode.FORBIDDEN, "no longer a member of this stream")
                     if sub.ended:
                         raise _Closed(CloseCode.NORMAL, "archived")
                 elif sub.fallback:

@@ -51,6 +51,16 @@ _GUARD_TAG = "hub-guard:"
 TOKEN_CHECK_S = 5.0  # the Hrana hello of a remote database's first connection
 
 
+# A schema statement that adds a column to a table made before it: run on a database
+# that has the column already, it fails with "duplicate column name", which is no error.
+ADD_COLUMN = re.compile(r"^\s*ALTER TABLE \w+ ADD COLUMN", re.IGNORECASE)
+
+
+def column_there(ddl: str, error: str) -> bool:
+    """Whether ``ddl`` failed only because its column is there already."""
+    return bool(ADD_COLUMN.match(ddl)) and "duplicate column name" in error
+
+
 def guard(name: str, rows: int = 1) -> Stmt:
     """A statement that aborts its batch unless the previous one changed ``rows`` rows."""
     if not re.fullmatch(r"[a-z0-9_-]+", name):
@@ -148,7 +158,11 @@ class FileDatabase:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 for ddl in self._schema:
-                    conn.execute(ddl)
+                    try:
+                        conn.execute(ddl)
+                    except sqlite3.OperationalError as exc:
+                        if not column_there(ddl, str(exc)):
+                            raise
                 conn.execute("COMMIT")
             except BaseException:
                 conn.close()
@@ -243,7 +257,14 @@ class RemoteDatabase:
             self._ready = asyncio.Lock()
         async with self._ready:
             if not self._created:
-                await self._call([(ddl, ()) for ddl in self._schema])
+                added = [ddl for ddl in self._schema if ADD_COLUMN.match(ddl)]
+                await self._call([(ddl, ()) for ddl in self._schema if ddl not in added])
+                for ddl in added:  # each alone: the one that finds its column is no error
+                    try:
+                        await self._call([(ddl, ())])
+                    except DatabaseError as exc:
+                        if not column_there(ddl, str(exc)):
+                            raise
                 self._created = True
 
     async def _call(self, stmts: Sequence[Stmt]) -> list[Result]:

@@ -11,7 +11,11 @@ lives in the statements themselves:
   batch is all or nothing, and stock never goes below zero whatever runs concurrently;
 - a driver is claimed in the public DB by a conditional UPDATE that records the order in
   ``claim``: exactly one order gets an idle driver, and a retried assignment finds it; a
-  claim whose TASK_ASSIGN can never come is undone (:meth:`OrderDb.undo_claim`).
+  claim whose TASK_ASSIGN can never come is undone (:meth:`OrderDb.undo_claim`);
+- a cancelled order's stock goes back once: the batch that adds it back first inserts the
+  order's return ledger row (``return#{order}``, a node of type ``stock-return``) and is
+  guarded on that insert, so a second run (a retry, a restart, a racing instance) changes
+  nothing, however long after.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ _TENANT_ID_SQL = (
     " AND length(workspaceId) <= 63"
 )
 _POSITION = "SELECT lat, lng FROM points WHERE nodeId = ? LIMIT 1"
+MAX_EXCLUDED = 200  # drivers left out of one search (those who declined the order)
 
 
 class RestaurantRow(NamedTuple):
@@ -197,6 +202,25 @@ class OrderDb:
         )
         return {row[0]: StockPoint(*row[1:]) for row in r.rows}
 
+    async def return_stock(self, restaurant: str, order_id: str, ts: str,
+                           returns: Sequence[tuple[str, int]]) -> bool:  # fmt: skip
+        """Add each (point id, qty) of ``returns`` back, with the order's return ledger row,
+        all in one transaction; False (nothing written) when the order's stock went back
+        already."""
+        stmts: list[Stmt] = [
+            (f"{_NODE} VALUES (?, 'stock-return', ?, ?, ?)",
+             [f"return#{order_id}", f"Stock back from {order_id}", ts,
+              json.dumps({"points": dict(returns)})]),
+            guard("returned"),
+        ]  # fmt: skip
+        stmts += [("UPDATE points SET qty = qty + ? WHERE id = ?", [qty, point_id])
+                  for point_id, qty in returns]  # fmt: skip
+        try:
+            await self.tenants.tenant(restaurant).batch(stmts)
+        except GuardFailed:
+            return False
+        return True
+
     async def take_stock(self, restaurant: str, takes: Sequence[StockTake]) -> bool:
         """All of ``takes`` in one transaction, or none (False: a point changed meanwhile)."""
         stmts: list[Stmt] = []
@@ -239,16 +263,18 @@ class OrderDb:
         )
         return DriverPoint(*r.rows[0]) if r.rows else None
 
-    async def nearest_idle_driver(self, lat: float | None, lng: float | None
-                                  ) -> DriverPoint | None:  # fmt: skip
-        """The unclaimed idle driver nearest to (lat, lng)."""
+    async def nearest_idle_driver(self, lat: float | None, lng: float | None, *,
+                                  exclude: Sequence[str] = ()) -> DriverPoint | None:  # fmt: skip
+        """The unclaimed idle driver nearest to (lat, lng), none of ``exclude``."""
+        exclude = list(exclude)[:MAX_EXCLUDED]
+        skip = f" AND workspaceId NOT IN ({','.join('?' * len(exclude))})" if exclude else ""
         r = await self.tenants.public.execute(
             "SELECT workspaceId, id, lat, lng FROM points"
             " WHERE nodeId IN (SELECT id FROM nodes WHERE nodeType = 'driver')"
             " AND openNow = true AND availability = 'idle' AND claim IS NULL"
-            f" AND {_TENANT_ID_SQL}"
+            f" AND {_TENANT_ID_SQL}{skip}"
             " ORDER BY ABS(lat - ?) + ABS(lng - ?) LIMIT 1",
-            [lat or 0.0, lng or 0.0],
+            [*exclude, lat or 0.0, lng or 0.0],
         )
         return DriverPoint(*r.rows[0]) if r.rows else None
 
@@ -307,6 +333,26 @@ class OrderDb:
             " claim = NULL WHERE claim = ? AND workspaceId = ?",
             [lat, lng, order_id, driver],
         )
+
+    async def driver_unreachable(self, order_id: str, driver: str) -> None:
+        """A driver taken off ``order_id`` for silence: offline in its DB, then unclaimed
+        and offline (not offered orders) in the public DB, until it comes online again."""
+        if TENANT_ID_RE.match(driver) and self.exists(driver):
+            await self.tenants.tenant(driver).execute(
+                "UPDATE points SET availability = 'offline', openNow = false WHERE nodeId = ?"
+                " AND (availability IS NOT 'offline' OR openNow IS NOT 0)", [driver])  # fmt: skip
+        await self.tenants.public.execute(
+            "UPDATE points SET openNow = false, availability = 'offline', claim = NULL"
+            " WHERE claim = ? AND workspaceId = ?",
+            [order_id, driver],
+        )
+
+    async def last_seen(self, driver: str) -> str | None:
+        """When the driver's position last arrived (ISO 8601), if it ever did."""
+        r = await self.tenants.tenant(driver).execute(
+            "SELECT seenAt FROM points WHERE nodeId = ? LIMIT 1", [driver]
+        )
+        return r.rows[0][0] if r.rows else None
 
     async def claims(self) -> list[tuple[str, str]]:
         """(driver, order id) of every claimed driver (the first 1000)."""

@@ -8,8 +8,10 @@ against docs/protocol.md §2's pattern first so it never escapes the data dir). 
 
 Columns beyond the seed's, each kept on the row it guards so it costs no extra write:
 ``points.applied`` (tenant DBs: the last orders whose stock was taken from this point,
-so a retried step never deducts twice) and ``points.claim`` (public DB: the order a
-driver was claimed for, so a retried assignment finds its driver).
+so a retried step never deducts twice), ``points.seenAt`` (tenant DBs: when a driver's
+position last arrived, written with it, so a silent driver is found on any instance and
+after a restart) and ``points.claim`` (public DB: the order a driver was claimed for, so a
+retried assignment finds its driver).
 
 Open tenant DBs are kept in an LRU of ``max_open`` (``HUB_TENANT_MAX_OPEN``): every
 driver's GPS lands in its own DB once a second, and closing a WAL database checkpoints
@@ -58,9 +60,12 @@ TENANT_SCHEMA: tuple[str, ...] = (
         lat REAL,
         lng REAL,
         openNow INTEGER,
-        applied TEXT
+        applied TEXT,
+        seenAt TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS points_by_node ON points (nodeId)",
+    # Tenant DBs made before a driver's last fix time was kept.
+    "ALTER TABLE points ADD COLUMN seenAt TEXT",
 )
 
 PUBLIC_SCHEMA: tuple[str, ...] = (

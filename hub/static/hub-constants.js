@@ -24,16 +24,20 @@ export const RECONNECT_CODES = Object.freeze([1001, 1011, 1012, 4008, 4029]);
 /** Opcode names (docs/protocol.md §3). */
 export const Opcode = Object.freeze({
   SALE_OUT: 102,
+  SALE_RETURN: 103,
   INVOICE_PAYMENT: 203,
+  INVOICE_REFUND: 204,
   TASK_CREATE: 301,
   TASK_ASSIGN: 302,
   TASK_START: 303,
   TASK_DONE: 305,
+  TASK_UNASSIGN: 306,
   ACCOUNT_PAYIN: 401,
   ACCOUNT_PAYOUT: 402,
   ORDER_CREATE: 501,
   ORDER_SHIP: 502,
   ORDER_DELIVER: 503,
+  ORDER_CANCEL: 504,
 });
 
 /** The order status an opcode moves an order to (docs/protocol.md §4). */
@@ -46,7 +50,8 @@ export const ORDER_STATUS = Object.freeze({
   302: "assigned",
   502: "picked_up",
   503: "delivered",
+  504: "cancelled",
 });
 
 /** Order statuses in step order. */
-export const STATUS_ORDER = Object.freeze(["placed", "paid", "preparing", "ready", "assigned", "picked_up", "delivered"]);
+export const STATUS_ORDER = Object.freeze(["placed", "paid", "preparing", "ready", "assigned", "picked_up", "delivered", "cancelled"]);

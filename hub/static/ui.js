@@ -1,7 +1,8 @@
 // Shared pieces of the three apps: tokens from the URL fragment, problem messages, the
-// connection pill, small DOM helpers and the SVG map. No dependencies, no build step.
+// connection pill, small DOM helpers, the order actions (status, cancel and decline, the
+// messages for a refused action) and the SVG map. No dependencies, no build step.
 
-import { CloseCode, HubApi, State, tokenInfo } from "./hub-client.js";
+import { CloseCode, HubApi, ORDER_STATUS, Opcode, STATUS_ORDER, State, hubFetch, tokenInfo } from "./hub-client.js";
 
 // -- tokens ----------------------------------------------------------------------------
 
@@ -202,6 +203,164 @@ export function startPage(page, roles, roleName, exampleCommand) {
   const tenant = $("#tenant");
   if (tenant) tenant.textContent = info.sub;
   return { token, info, params, api: new HubApi(token) };
+}
+
+// -- order actions --------------------------------------------------------------------
+
+/**
+ * An order's status from its events (in stream order): the furthest step reached, except
+ * that an ORDER_CANCEL makes it "cancelled" and a TASK_UNASSIGN takes "assigned" back to
+ * "ready" until the next TASK_ASSIGN. null when no event tells a status.
+ */
+export function statusOf(events) {
+  let best = -1;
+  let driver = false;
+  let cancelled = false;
+  for (const e of events) {
+    if (e.opcode === Opcode.ORDER_CANCEL) cancelled = true;
+    else if (e.opcode === Opcode.TASK_ASSIGN) driver = true;
+    else if (e.opcode === Opcode.TASK_UNASSIGN) driver = false;
+    const s = ORDER_STATUS[e.opcode];
+    if (!s || s === "assigned" || s === "cancelled" || !STATUS_ORDER.includes(s)) continue;
+    best = Math.max(best, STATUS_ORDER.indexOf(s));
+  }
+  if (cancelled) return "cancelled";
+  const assigned = STATUS_ORDER.indexOf("assigned");
+  if (driver && best < assigned) return "assigned";
+  return best < 0 ? null : STATUS_ORDER[best];
+}
+
+/** The statuses in which each party may cancel an order (docs/protocol.md §6). */
+export const CANCEL_WHILE = Object.freeze({
+  customer: Object.freeze(["placed", "paid"]),
+  restaurant: Object.freeze(["placed", "paid", "preparing"]),
+});
+
+/**
+ * Whether the caller may take `action` now: its role's rule on the status the page knows,
+ * and, once the hub's order details carry them, the details' `actions` too (so a button is
+ * gone as soon as either says no).
+ */
+export function allowed(action, role, status, details) {
+  const local = {
+    cancel: (CANCEL_WHILE[role] ?? []).includes(status),
+    decline: role === "driver" && status === "assigned",
+  }[action] ?? true;
+  const remote = Array.isArray(details?.actions) ? details.actions.includes(action) : true;
+  return local && remote;
+}
+
+const orderPath = (id, step) => `/api/orders/${encodeURIComponent(id)}/${step}`;
+
+/** `POST /api/orders/{id}/cancel`, with the reason when one is given. */
+export function cancelOrder(api, id, reason) {
+  return api.post(orderPath(id, "cancel"), reason ? { reason } : {});
+}
+
+/** `POST /api/orders/{id}/decline` (the assigned driver, before pickup). */
+export function declineOrder(api, id, reason) {
+  return api.post(orderPath(id, "decline"), reason ? { reason } : {});
+}
+
+/** `PUT /api/restaurants/{tenant}/menu/{productId}`: a partial update of a product. */
+export function putProduct(api, tenant, productId, body) {
+  const path = `/api/restaurants/${encodeURIComponent(tenant)}/menu/${encodeURIComponent(productId)}`;
+  return hubFetch(path, { method: "PUT", body, token: api.token, base: api.base });
+}
+
+/** `POST /api/restaurants/{tenant}/status`: open or close the restaurant. */
+export function setOpen(api, tenant, open) {
+  return api.post(`/api/restaurants/${encodeURIComponent(tenant)}/status`, { open });
+}
+
+const WHERE_NOW = {
+  paid: "The order is already paid",
+  preparing: "The kitchen has already accepted the order",
+  ready: "The order is already ready",
+  assigned: "A driver is already on the way for the order",
+  picked_up: "The order was already picked up",
+  delivered: "The order was already delivered",
+  cancelled: "The order was already cancelled",
+};
+const DONE_AS = {
+  cancel: "cancelled", reject: "rejected", decline: "declined", accept: "accepted", ready: "marked ready",
+  pickup: "picked up", deliver: "marked delivered", pay: "paid",
+};
+const TO_DO = {
+  cancel: "cancel the order", reject: "reject the order", decline: "decline the delivery",
+  accept: "accept the order", ready: "mark the order ready", pickup: "confirm the pickup",
+  deliver: "confirm the delivery", pay: "pay for the order",
+};
+
+/**
+ * A clear sentence for an action the hub refused. `before` is the status the page showed
+ * when the action was asked for, `now` the order's status after the refusal (when known):
+ * an order that moved on meanwhile (a race with another step) is said so.
+ */
+export function refusalText(err, action, before = null, now = null) {
+  const todo = TO_DO[action] ?? action;
+  if (err?.status === 0) return `The hub cannot be reached, so nothing was changed. Check the connection and try again to ${todo}.`;
+  if (err?.status === 409 && now && now !== before) {
+    if (now === "cancelled" && (action === "cancel" || action === "reject")) return `${WHERE_NOW.cancelled}.`;
+    if (now === "placed") return `The order is not paid yet, so it cannot be ${DONE_AS[action] ?? "changed"} now.`;
+    if (WHERE_NOW[now]) return `${WHERE_NOW[now]} — it can no longer be ${DONE_AS[action] ?? "changed"}.`;
+  }
+  if (err?.code === "too_far") return `Not delivered: ${err.message}. Confirm the delivery at the drop-off.`;
+  if (err?.status === 403) return `You may not ${todo} (${err.message}).`;
+  if (err?.status === 409) return `The hub did not let you ${todo}: ${err.message}.`;
+  return `Could not ${todo}: ${err?.message ?? err}.`;
+}
+
+/**
+ * After an action on an order failed: the order's details as they are now (for the message
+ * and the buttons), or null when they cannot be read (e.g. 403: no longer one's order).
+ */
+export async function afterRefusal(api, id, err) {
+  if (err?.status !== 409) return null;
+  try {
+    return await api.order(id);
+  } catch {
+    return null;
+  }
+}
+
+/** Show `text` in the message box `el` (kind: error | ok | info); no text hides it. */
+export function notice(el, text, kind = "error") {
+  if (!el) return;
+  el.textContent = text ?? "";
+  el.dataset.kind = kind;
+  el.hidden = !text;
+}
+
+/**
+ * A modal that asks for an optional reason: resolves to the reason ("" when none was
+ * typed), or null when the user backs out (the "keep" button or Escape).
+ */
+export function askReason({ title, text, confirm, keep = "Keep it", placeholder = "optional", suggestions = [] }) {
+  return new Promise((resolve) => {
+    $("#ask")?.close();
+    $("#ask")?.remove();
+    const list = suggestions.length ? h("datalist", { id: "ask-suggestions" }, suggestions.map((s) => h("option", { value: s }))) : null;
+    const input = h("input", {
+      id: "ask-reason", name: "reason", maxlength: "200", placeholder, autocomplete: "off",
+      list: list ? "ask-suggestions" : null,
+    });
+    const dlg = h("dialog", { id: "ask", class: "ask", "aria-labelledby": "ask-title" },
+      h("form", { method: "dialog" },
+        h("h2", { id: "ask-title" }, title),
+        text ? h("p", { class: "small" }, text) : null,
+        h("label", {}, "Reason", input, list),
+        h("div", { class: "row" },
+          h("button", { type: "submit", value: "confirm", id: "ask-confirm", class: "danger" }, confirm),
+          h("button", { type: "submit", value: "keep", id: "ask-keep", class: "secondary", formnovalidate: true }, keep))));
+    dlg.addEventListener("close", () => {
+      resolve(dlg.returnValue === "confirm" ? input.value.trim().slice(0, 200) : null);
+      dlg.remove();
+    });
+    document.body.append(dlg);
+    dlg.showModal();
+    input.focus();
+  });
 }
 
 // -- the connection pill ---------------------------------------------------------------

@@ -77,8 +77,9 @@ async def test_an_unsubscribed_subscriber_hears_nothing_more(tmp_path: Path) -> 
 
 
 async def test_members_of_a_commit_are_remembered(tmp_path: Path) -> None:
-    """Once the node committed the event naming a member, that member's appends need no
-    read of the stream's info from the store."""
+    """Once the node committed the event naming a customer or a restaurant, their appends
+    need no read of the stream's info from the store. A driver's do: its membership ends
+    at a TASK_UNASSIGN that another instance may have written."""
     store = CountingStore(f"file:{tmp_path / 'streams.db'}")
     async with running_node(tmp_path, store=store) as node:
         await node.append(CUSTOMER, STREAM, [order_create()])
@@ -88,7 +89,28 @@ async def test_members_of_a_commit_are_remembered(tmp_path: Path) -> None:
         assert store.infos == asked
         await node.commit(STREAM, [event(Opcode.TASK_ASSIGN, payload={"driver": DRIVER.tenant})])
         await node.append(DRIVER, STREAM, [event(Opcode.ORDER_SHIP)])
-        assert store.infos == asked
+        assert store.infos == asked + 1
+
+
+async def test_a_driver_unassigned_elsewhere_may_no_longer_append(tmp_path: Path) -> None:
+    """A TASK_UNASSIGN committed through another node (another instance) ends the driver's
+    membership here too: its next append is refused and writes nothing."""
+    url = f"file:{tmp_path / 'streams.db'}"
+    async with running_node(tmp_path) as here:
+        await here.append(CUSTOMER, STREAM, [order_create()])
+        await here.commit(STREAM, [event(Opcode.TASK_ASSIGN, payload={"driver": DRIVER.tenant})])
+        await here.append(DRIVER, STREAM, [event(Opcode.ORDER_SHIP)])  # a member: remembered
+        other = FileStore(url)
+        await other.open()
+        try:
+            await other.append(STREAM, [event(Opcode.TASK_UNASSIGN, payload={
+                "driver": DRIVER.tenant, "reason": "declined"})])  # fmt: skip
+        finally:
+            await other.close()
+        before = (await here.stream_info(STREAM)).last_seq  # type: ignore[union-attr]
+        with pytest.raises(Forbidden):
+            await here.append(DRIVER, STREAM, [event(Opcode.ORDER_SHIP)])
+        assert (await here.stream_info(STREAM)).last_seq == before  # type: ignore[union-attr]
 
 
 async def test_a_non_member_is_refused_and_nothing_is_written(tmp_path: Path) -> None:

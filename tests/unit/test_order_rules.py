@@ -51,6 +51,7 @@ SEED: list[tuple[str, int, dict[str, Any], float]] = [
 # How many of the seed's events an order in each status holds.
 AT = {"placed": 1, "paid": 2, "preparing": 6, "ready": 7, "assigned": 8, "picked_up": 9,
       "delivered": 12}  # fmt: skip
+SEEDED = tuple(AT)  # the statuses the seed's happy path goes through
 
 ALI = Principal("ali", Role.CUSTOMER)
 KITCHEN = Principal("bab-hara", Role.RESTAURANT)
@@ -87,10 +88,21 @@ def refusal(call: Any, *args: Any) -> tuple[int, str] | None:
 
 
 def test_statuses_are_in_step_order() -> None:
-    """The seven order statuses, in the order the steps reach them."""
+    """The seven order statuses, in the order the steps reach them, then "cancelled"."""
     assert STATUSES == ("placed", "paid", "preparing", "ready", "assigned", "picked_up",
-                        "delivered")  # fmt: skip
-    assert set(STATUS_OPCODES) == {501, 203, 301, 303, 305, 302, 502, 503}
+                        "delivered", "cancelled")  # fmt: skip
+    assert set(STATUS_OPCODES) == {501, 203, 301, 303, 305, 302, 502, 503, 504, 306}
+
+
+def test_unassigned_is_ready_again_and_cancelled_is_final() -> None:
+    """TASK_UNASSIGN after the last TASK_ASSIGN takes "assigned" back to "ready" (a mapping
+    of opcode to last seq tells it); ORDER_CANCEL is final whatever came before."""
+    base = {501: 1, 203: 2, 301: 3, 303: 4, 305: 5}
+    assert status_of({**base, 302: 6, 306: 7}) == "ready"
+    assert status_of({**base, 302: 8, 306: 7}) == "assigned"
+    assert status_of({**base, 302: 6, 306: 7, 502: 9}) == "picked_up"
+    assert status_of({**base, 504: 6}) == "cancelled"
+    assert status_of({501, 504}) == "cancelled"
 
 
 @pytest.mark.parametrize("status", list(AT))
@@ -184,6 +196,7 @@ MAY_FOLLOW = {  # step -> the statuses it may follow
     "ready": {"preparing"},
     "pickup": {"assigned"},
     "deliver": {"picked_up", "delivered"},
+    "decline": {"assigned"},
 }
 
 
@@ -197,11 +210,11 @@ def test_which_step_may_follow_which_status(step: str) -> None:
 
 TURN = {  # (step, status) -> what check_turn answers for the seed's order in that status
     ("pay", "placed"): None,
-    **{("pay", s): (409, "already_done") for s in STATUSES[1:]},
+    **{("pay", s): (409, "already_done") for s in SEEDED[1:]},
     ("accept", "placed"): (409, "out_of_turn"),
     ("accept", "paid"): None,
-    **{("accept", s): (409, "already_done") for s in STATUSES[2:]},
-    **{("pickup", s): (409, "out_of_turn") for s in STATUSES[:4]},
+    **{("accept", s): (409, "already_done") for s in SEEDED[2:]},
+    **{("pickup", s): (409, "out_of_turn") for s in SEEDED[:4]},
     ("pickup", "assigned"): None,
     ("pickup", "picked_up"): (409, "already_done"),
     ("pickup", "delivered"): (409, "already_done"),
@@ -229,7 +242,7 @@ def test_out_of_turn_names_the_status() -> None:
         check_turn(state("delivered"), "pay")
 
 
-@pytest.mark.parametrize("status", STATUSES)
+@pytest.mark.parametrize("status", SEEDED)
 def test_ready_turn_for_every_status(status: str) -> None:
     """ready_turn: writes Step 5 when preparing; resumes Step 6 when ready without a
     driver; already_done after; out_of_turn before."""
@@ -258,7 +271,7 @@ def test_ready_before_the_stock_is_taken_is_out_of_turn() -> None:
     assert caught.value.code == "out_of_turn"
 
 
-@pytest.mark.parametrize("status", STATUSES)
+@pytest.mark.parametrize("status", SEEDED)
 def test_deliver_turn_for_every_status(status: str) -> None:
     """deliver_turn: the driver once picked up (or delivered: a retry), else out_of_turn."""
     if status in ("picked_up", "delivered"):

@@ -1,4 +1,5 @@
-"""Driver dispatch: the seed's Step 6, and drivers free again after Step 10.
+"""Driver dispatch: the seed's Step 6, drivers taken off an order (a decline, silence, a
+cancel) and reassignment, and drivers free again after Step 10.
 
 A ready order gets the nearest idle driver, claimed in the public DB by a conditional
 UPDATE that records the order in ``claim``: exactly one order gets an idle driver, and a
@@ -15,6 +16,12 @@ claim whose order has no TASK_ASSIGN for its driver. Only a claim whose append m
 committed (503: the streams DB did not answer) is kept: the order stays ``ready`` and the
 next attempt (a retried ``ready``, a driver coming online, a delivery, a restart) finds
 the claim and completes the assignment.
+
+A driver taken off an order (:meth:`Dispatch.unassign`: TASK_UNASSIGN first, then the
+claim released) is idle again, or offline when he went silent; the order then goes to the
+next nearest idle driver, never to one who declined it. The TASK_ASSIGN and the
+TASK_UNASSIGN are committed only onto the stream they were decided on (``expected``
+seq), so a cancel on another instance and an assignment never both land.
 """
 
 from __future__ import annotations
@@ -32,9 +39,10 @@ from hub.domain.orders.rules import (
     pickup_eta,
 )
 from hub.domain.orders.stream import append, load, step_event
-from hub.errors import HubError, NotFound, Unavailable, Unprocessable
-from hub.events import Event, Opcode, now_ts
+from hub.errors import Busy, Conflict, HubError, NotFound, Unavailable, Unprocessable
+from hub.events import Event, NewEvent, Opcode, now_ts
 from hub.infra.orderdb import DriverPoint, OrderDb, RestaurantRow
+from hub.infra.store import StreamChanged
 from hub.timing import KeyedLocks
 
 __all__ = ["Dispatch", "find_restaurant"]
@@ -42,6 +50,17 @@ __all__ = ["Dispatch", "find_restaurant"]
 log = logging.getLogger("hub.orders")
 
 CLAIM_ATTEMPTS = 8  # nearest idle drivers tried when others claim them first
+ASSIGN_ATTEMPTS = 4  # reads of the order when its stream changes under an assignment
+
+
+def unassign_event(state: OrderState, reason: str, note: str | None = None) -> NewEvent:
+    """The TASK_UNASSIGN that takes the order's driver off it (``reason``: declined,
+    unreachable, cancelled)."""
+    driver = state.driver
+    assert driver is not None
+    payload = {"driver": driver, "reason": reason, **({"note": note} if note else {})}
+    return step_event(state.order_id, state.unassign_id(), Opcode.TASK_UNASSIGN, payload,
+                      node_id=driver)  # fmt: skip
 
 
 async def find_restaurant(db: OrderDb, restaurant: str) -> RestaurantRow:
@@ -64,30 +83,39 @@ class Dispatch:
         self._assign = asyncio.Lock()  # one driver assignment at a time in this process
 
     async def assign(self, order_id: str) -> list[Event] | None:
-        """Step 6: give a ready order the nearest idle driver. The TASK_ASSIGN written;
-        ``[]`` when the order wants no driver (not ready, or assigned); None when no driver
-        is idle (the order stays ready)."""
+        """Step 6: give a ready order the nearest idle driver. The TASK_ASSIGN written
+        (or, assigned meanwhile elsewhere, the one that was); ``[]`` when the order wants
+        no driver; None when no driver is idle (the order stays ready)."""
         async with self._assign, self._locked(order_id):
-            state = await load(self.node, order_id)
-            if state.has("assign") or state.status != "ready":
-                return []
-            # What would refuse the TASK_ASSIGN, checked before a driver is claimed.
-            state.check_items()
-            check_accepted(state)
-            node_id, lat, lng = await find_restaurant(self.db, state.restaurant)
-            claimed = await self._claim(order_id, lat, lng)
-            if claimed is None:
-                return None  # stays ready; assigned when a driver becomes idle
-            try:
-                written = await self._assign_to(state, claimed, node_id, (lat, lng))
-            except Unavailable:
-                raise  # it may have committed: the claim stays, the next attempt completes it
-            except Exception:
-                await self._undo(order_id, claimed.driver)
-                raise
-            if self.gps is not None:
-                self.gps.forget(claimed.driver)
-            return written
+            for _ in range(ASSIGN_ATTEMPTS):
+                state = await load(self.node, order_id)
+                if state.status == "assigned" and state.assigned_at is not None:
+                    return [state.assigned_at]  # assigned meanwhile (another instance)
+                if state.driver is not None or state.status != "ready":
+                    return []
+                # What would refuse the TASK_ASSIGN, checked before a driver is claimed.
+                state.check_items()
+                check_accepted(state)
+                node_id, lat, lng = await find_restaurant(self.db, state.restaurant)
+                claimed = await self._claim(state, lat, lng)
+                if claimed is None:
+                    return None  # stays ready; assigned when a driver becomes idle
+                try:
+                    written = await self._assign_to(state, claimed, node_id, (lat, lng))
+                except Unavailable:
+                    raise  # it may have committed: the claim stays, the next attempt ends it
+                except (StreamChanged, Conflict):
+                    # Another step, or another instance's TASK_ASSIGN (same id, another
+                    # driver), landed first: read the order again.
+                    await self._undo(order_id, claimed.driver)
+                    continue
+                except Exception:
+                    await self._undo(order_id, claimed.driver)
+                    raise
+                if self.gps is not None:
+                    self.gps.forget(claimed.driver)
+                return written
+            raise Busy("the order kept changing while a driver was assigned; retry")
 
     async def _assign_to(self, state: OrderState, claimed: DriverPoint, node_id: str,
                          at: tuple[float | None, float | None]) -> list[Event]:  # fmt: skip
@@ -103,9 +131,9 @@ class Dispatch:
             "restaurant": state.restaurant, "pickupAddress": pickup,
             "deliverTo": state.payload.get("deliveryAddress")})  # fmt: skip
         return await append(self.node, order_id, [step_event(
-            order_id, "assign", Opcode.TASK_ASSIGN,
+            order_id, state.assign_id(), Opcode.TASK_ASSIGN,
             {"task": "delivery", "driver": driver, "vehicle": vehicle, "eta": eta},
-            node_id=driver)])  # fmt: skip
+            node_id=driver)], onto=state)  # fmt: skip
 
     async def _undo(self, order_id: str, driver: str) -> bool:
         """Undo the claim of ``driver`` for ``order_id`` unless the order's stream names
@@ -125,15 +153,20 @@ class Dispatch:
                     order_id)  # fmt: skip
         return True
 
-    async def _claim(self, order_id: str, lat: float | None, lng: float | None
+    async def _claim(self, state: OrderState, lat: float | None, lng: float | None
                      ) -> DriverPoint | None:  # fmt: skip
         """The driver claimed for the order: one claimed already (a retry), else the
-        nearest idle one, claimed now; None when no driver is idle."""
+        nearest idle one who did not decline it, claimed now; None when no driver is idle."""
+        order_id = state.order_id
         claimed = await self.db.claimed_for(order_id)
+        if claimed is not None and claimed.driver in state.unassigned:
+            # Taken off the order, but a crash came before his claim was released.
+            await self.finish_unassign(order_id, claimed.driver, state.unassigned[claimed.driver])
+            claimed = None
         for _ in range(CLAIM_ATTEMPTS):
             if claimed is not None:
                 break
-            candidate = await self.db.nearest_idle_driver(lat, lng)
+            candidate = await self.db.nearest_idle_driver(lat, lng, exclude=sorted(state.declined))
             if candidate is None:
                 return None
             if await self.db.claim_idle_driver(order_id, candidate):
@@ -141,9 +174,14 @@ class Dispatch:
         return claimed
 
     async def assign_waiting(self) -> None:
-        """Offer idle drivers to orders that are ready and still have none, oldest first."""
+        """Offer idle drivers to orders that are ready and have no driver, oldest first:
+        those never assigned, then those whose driver was taken off (a TASK_UNASSIGN;
+        an order reassigned or cancelled since wants none and is passed over)."""
         waiting = await self.node.find_streams(
             having=Opcode.TASK_DONE, lacking=Opcode.TASK_ASSIGN, limit=100
+        )
+        waiting += await self.node.find_streams(
+            having=Opcode.TASK_UNASSIGN, lacking=Opcode.ORDER_SHIP, limit=100
         )
         for order_id in waiting:
             try:
@@ -158,6 +196,34 @@ class Dispatch:
                       lng: float | None) -> None:  # fmt: skip
         """Step 10's last writes: the driver idle at (lat, lng), discoverable again."""
         await self.db.release_driver(order_id, driver, lat, lng)
+
+    async def unassign(self, state: OrderState, reason: str, note: str | None = None,
+                       extra: list[NewEvent] | None = None) -> list[Event]:  # fmt: skip
+        """Take the order's driver off it: ``extra`` events (a cancel's) and the
+        TASK_UNASSIGN, committed onto ``state`` (:class:`StreamChanged` otherwise), then
+        his claim released (:meth:`finish_unassign`). Call holding the order's lock."""
+        driver = state.driver
+        assert driver is not None
+        written = await append(self.node, state.order_id,
+                               [*(extra or []), unassign_event(state, reason, note)],
+                               onto=state)  # fmt: skip
+        await self.finish_unassign(state.order_id, driver, reason)
+        return written
+
+    async def finish_unassign(self, order_id: str, driver: str, reason: str) -> None:
+        """What follows a TASK_UNASSIGN outside the streams DB (safe to run again): the
+        driver idle where he was last seen, or offline when he went silent. Nothing once
+        his claim on the order is gone (released already; he may be on another order)."""
+        if not await self.db.is_claimed(order_id, driver):
+            return
+        if reason == "unreachable":
+            await self.db.driver_unreachable(order_id, driver)
+        else:
+            at = await self.db.position(driver) if self.db.exists(driver) else None
+            lat, lng = at if at is not None else (None, None)
+            await self.release(order_id, driver, lat, lng)
+        if self.gps is not None:
+            self.gps.forget(driver)
 
     async def recover(self) -> None:
         """At start-up, finish what a crash left half-done across databases.
@@ -181,18 +247,22 @@ class Dispatch:
             state: OrderState | None = await load(self.node, order_id)
         except NotFound:  # no such order, or archived (its events are gone from the DB)
             state = None
-        delivered = bool(info and info.archived) or (
-            state is not None and state.status == "delivered"
+        done = bool(info and info.archived) or (
+            state is not None and state.status in ("delivered", "cancelled")
         )
-        if delivered:
+        if done:
             at = await self.db.position(driver)
             lat, lng = at if at is not None else (None, None)
             await self.release(order_id, driver, lat, lng)
-            log.warning("released driver %s still claimed by delivered %s", driver, order_id)
+            log.warning("released driver %s still claimed by finished %s", driver, order_id)
             return
         if state is not None and state.assigned_to(driver):
             return  # on his way: the claim ends at Step 10
-        if state is not None and not state.has("assign"):
+        if state is not None and driver in state.unassigned:
+            await self.finish_unassign(order_id, driver, state.unassigned[driver])
+            log.warning("released driver %s taken off %s before a crash", driver, order_id)
+            return
+        if state is not None and state.driver is None:
             try:
                 await self.assign(order_id)  # finds the claim: completes Step 6 if it may
             except Unavailable:

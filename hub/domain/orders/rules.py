@@ -2,8 +2,10 @@
 
 - the order statuses an order's events tell (:data:`ORDER_STATUS`, :func:`order_status`);
 - which step may follow which (:data:`FOLLOWS`, :func:`check_turn` and the two steps that
-  can be retried after a crash part-way, :func:`ready_turn` and :func:`deliver_turn`);
+  can be retried after a crash part-way, :func:`ready_turn` and :func:`deliver_turn`),
+  and until when each party may cancel (:data:`CANCEL_WHILE`);
 - who may take each step (:func:`check_may`, :func:`check_party`);
+- the actions a caller may take now (:func:`actions`), for the apps' buttons;
 - the order as its stream tells it (:class:`OrderState`);
 - the arithmetic: prices and totals, payouts, stock to take, minutes and ETAs.
 
@@ -14,6 +16,7 @@ A step whose writes are all done answers 409 ``already_done``; a step out of tur
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,7 +38,9 @@ __all__ = [
     "STATUSES",
     "STATUS_OPCODES",
     "OrderState",
+    "actions",
     "check_accepted",
+    "check_cancel",
     "check_may",
     "check_party",
     "check_turn",
@@ -66,26 +71,38 @@ ORDER_STATUS: dict[int, str] = {
     Opcode.TASK_ASSIGN: "assigned",
     Opcode.ORDER_SHIP: "picked_up",
     Opcode.ORDER_DELIVER: "delivered",
+    Opcode.ORDER_CANCEL: "cancelled",  # final, whatever came before
 }
-STATUS_OPCODES = tuple(ORDER_STATUS)  # the opcodes that tell an order's status
-STATUSES = tuple(dict.fromkeys(ORDER_STATUS.values()))  # in step order
+# The opcodes that tell an order's status (TASK_UNASSIGN takes "assigned" back to "ready").
+STATUS_OPCODES = (*ORDER_STATUS, Opcode.TASK_UNASSIGN)
+STATUSES = tuple(dict.fromkeys(ORDER_STATUS.values()))  # in step order, then "cancelled"
 _RANK = {s: i for i, s in enumerate(STATUSES)}
+FINAL = frozenset({"delivered", "cancelled"})
 
 
 def order_status(events: Sequence[Event]) -> str | None:
-    """The furthest order step the events reach; None for a stream with no ORDER_CREATE."""
-    return status_of({e.opcode for e in events})
+    """The order status the events tell; None for a stream with no ORDER_CREATE."""
+    return status_of({e.opcode: e.seq for e in events})
 
 
-def status_of(opcodes: Collection[int]) -> str | None:
-    """The furthest order step a stream holding ``opcodes`` has reached (None: not an order)."""
+def status_of(opcodes: Collection[int] | Mapping[int, int]) -> str | None:
+    """The order status of a stream holding ``opcodes`` (None: not an order): cancelled
+    once cancelled, else the furthest step reached; "assigned" is "ready" again when the
+    last TASK_UNASSIGN came after the last TASK_ASSIGN, which only a mapping of each
+    opcode to its last ``seq`` tells (a set is read as "assigned": an archived order,
+    the only one read so, is delivered or cancelled anyway)."""
     if Opcode.ORDER_CREATE not in opcodes:
         return None
+    if Opcode.ORDER_CANCEL in opcodes:
+        return "cancelled"
     best = "placed"
     for opcode in opcodes:
         status = ORDER_STATUS.get(opcode)
         if status is not None and _RANK[status] > _RANK[best]:
             best = status
+    if best == "assigned" and isinstance(opcodes, Mapping):
+        unassigned, assigned = opcodes.get(Opcode.TASK_UNASSIGN, 0), opcodes[Opcode.TASK_ASSIGN]
+        best = "ready" if unassigned > assigned else best
     return best
 
 
@@ -97,12 +114,16 @@ class OrderState:
     """An order as its stream tells it.
 
     ``events`` may be the whole stream or what :func:`~hub.domain.orders.stream.load` keeps
-    of it (the first event of each opcode, every TASK_ASSIGN and every event of the order
-    steps): what follows reads nothing else.
+    of it (the first event of each opcode, every TASK_ASSIGN, TASK_UNASSIGN and
+    ORDER_CANCEL and every event of the order steps): what follows reads nothing else.
+    ``last_seq`` is the stream's last ``seq`` when it was read: a step decided on this
+    state commits only onto it (:meth:`Store.append <hub.infra.store.Store.append>`'s
+    ``expected``), so two steps decided at once on two instances never both commit.
     """
 
     order_id: str
     events: list[Event]
+    last_seq: int = 0
 
     def __post_init__(self) -> None:
         self.ids = {e.id for e in self.events}
@@ -111,9 +132,48 @@ class OrderState:
             raise NotFound("no such order")
         self.created = created
         self.payload = created.payload_obj
-        assign = next((e for e in self.events if e.opcode == Opcode.TASK_ASSIGN), None)
-        self.driver: str | None = assign.payload_obj.get("driver") if assign else None
+        # The driver now: the last TASK_ASSIGN's, unless a later TASK_UNASSIGN names him.
+        self.driver: str | None = None
+        self.assigns = self.unassigns = 0
+        self.declined: set[str] = set()  # drivers never offered this order again
+        self.unassigned: dict[str, str] = {}  # driver taken off it -> why (not back since)
+        self.cancel: Event | None = None
+        self.assigned_at: Event | None = None  # the current driver's TASK_ASSIGN
+        for e in self.events:
+            if e.opcode == Opcode.TASK_ASSIGN:
+                self.assigns += 1
+                named = e.payload_obj.get("driver")
+                self.driver = named if isinstance(named, str) else None
+                self.assigned_at = e
+                if self.driver is not None:
+                    self.unassigned.pop(self.driver, None)
+            elif e.opcode == Opcode.TASK_UNASSIGN:
+                self.unassigns += 1
+                payload = e.payload_obj
+                named = payload.get("driver")
+                if isinstance(named, str):
+                    self.unassigned[named] = str(payload.get("reason"))
+                    if payload.get("reason") == "declined":
+                        self.declined.add(named)
+                if named == self.driver:
+                    self.driver = self.assigned_at = None
+            elif e.opcode == Opcode.ORDER_CANCEL and self.cancel is None:
+                self.cancel = e
         self.status = order_status(self.events) or "placed"
+
+    def status_at(self, seq: int) -> str:
+        """The order's status when its stream ended at ``seq``."""
+        return order_status([e for e in self.events if e.seq <= seq]) or "placed"
+
+    def assign_id(self) -> str:
+        """The step name of the next TASK_ASSIGN: ``assign`` (the seed's), then
+        ``assign.2``, ``assign.3`` …"""
+        n = self.assigns + 1
+        return "assign" if n == 1 else f"assign.{n}"
+
+    def unassign_id(self) -> str:
+        """The step name of the next TASK_UNASSIGN: ``unassign.1``, ``unassign.2`` …"""
+        return f"unassign.{self.unassigns + 1}"
 
     def check_items(self) -> None:
         """Refuse an ORDER_CREATE written by hand whose items the steps cannot use."""
@@ -168,9 +228,19 @@ class OrderState:
         return next((e for e in self.events if e.id == wanted), None)
 
     def assigned_to(self, driver: str) -> bool:
-        """Whether a TASK_ASSIGN of the stream names ``driver``."""
-        return any(e.opcode == Opcode.TASK_ASSIGN and e.payload_obj.get("driver") == driver
-                   for e in self.events)  # fmt: skip
+        """Whether ``driver`` is the order's driver now."""
+        return self.driver is not None and self.driver == driver
+
+    def paid(self) -> Event | None:
+        """Step 2's payment (``{order_id}.pay``: only the hub and the platform write it),
+        the one a cancel refunds; a party's own INVOICE_PAYMENT is its say-so, not money."""
+        paid = self.step("pay")
+        return paid if paid is not None and paid.opcode == Opcode.INVOICE_PAYMENT else None
+
+    def sales(self) -> list[Event]:
+        """Step 4's SALE_OUT events (the stock the kitchen took for the order)."""
+        prefix = f"{self.order_id}.sale."
+        return [e for e in self.events if e.opcode == Opcode.SALE_OUT and e.id.startswith(prefix)]
 
     def written(self, steps: Sequence[str]) -> list[Event]:
         wanted = {f"{self.order_id}.{s}" for s in steps}
@@ -192,30 +262,35 @@ PERFORMER: dict[str, Role] = {
     "driver_status": Role.DRIVER,
     "driver_me": Role.DRIVER,
     "motion": Role.DRIVER,
+    "decline": Role.DRIVER,
 }
-PLATFORM_MAY = frozenset({"pay", "accept", "ready", "pickup", "deliver"})
+PLATFORM_MAY = frozenset({"pay", "accept", "ready", "pickup", "deliver", "decline"})
 _REFUSED = {
     "create": "only a customer places orders",
     "driver_status": "only a driver changes its availability",
     "driver_me": "only a driver has a driver status",
     "motion": "only a driver reports its position",
+    "cancel": "only the order's customer, restaurant or the platform may cancel it",
 }
 
 
 def may(who: Principal, action: str) -> bool:
     """Whether ``who``'s role may take ``action`` (a step, or a driver's own action)."""
+    if action == "cancel":
+        return who.role in CANCEL_WHILE
     return who.role is PERFORMER[action] or (who.is_platform and action in PLATFORM_MAY)
 
 
 def check_may(who: Principal, action: str) -> None:
     """403 unless ``who``'s role may take ``action``."""
     if not may(who, action):
-        raise Forbidden(_REFUSED.get(action, f"only the order's {PERFORMER[action]} may do this"))
+        refused = _REFUSED.get(action)
+        raise Forbidden(refused or f"only the order's {PERFORMER[action]} may do this")
 
 
 def check_party(who: Principal, state: OrderState, step: str) -> None:
     """403 unless ``who`` is the order's party for ``step`` (or the platform)."""
-    role = PERFORMER[step]
+    role = who.role if step == "cancel" else PERFORMER[step]
     if not who.is_platform and state.party(role) != who.tenant:
         raise Forbidden(f"only the order's {role} may do this")
 
@@ -230,7 +305,43 @@ FOLLOWS: dict[str, frozenset[str]] = {
     "ready": frozenset({"preparing"}),
     "pickup": frozenset({"assigned"}),
     "deliver": frozenset({"picked_up", "delivered"}),
+    "decline": frozenset({"assigned"}),
 }
+
+# Until when each party may cancel (docs/protocol.md §6): the customer before the kitchen
+# accepts, the restaurant before the order is ready (a rejection), the platform until it
+# is delivered.
+CANCEL_WHILE: dict[Role, frozenset[str]] = {
+    Role.CUSTOMER: frozenset({"placed", "paid"}),
+    Role.RESTAURANT: frozenset({"placed", "paid", "preparing"}),
+    Role.PLATFORM: frozenset({"placed", "paid", "preparing", "ready", "assigned", "picked_up"}),
+}
+
+
+def check_cancel(who: Principal, state: OrderState) -> None:
+    """409 unless ``who`` may cancel the order now: ``already_done`` once it is cancelled,
+    ``out_of_turn`` when its status is past the caller's point."""
+    if state.status == "cancelled":
+        raise already_done(state)
+    if state.status not in CANCEL_WHILE[who.role]:
+        raise Conflict(f"too late to cancel: order is {state.status}", code="out_of_turn")
+
+
+def actions(who: Principal, state: OrderState) -> list[str]:
+    """What ``who`` may do to the order now (the buttons an app shows)."""
+    out: list[str] = []
+    for step in ("pay", "accept", "ready", "pickup", "deliver"):
+        if (may(who, step) and may_follow(step, state.status) and not step_written(state, step)
+                and (who.is_platform or state.party(PERFORMER[step]) == who.tenant)):  # fmt: skip
+            out.append(step)
+    if who.role in CANCEL_WHILE and state.status in CANCEL_WHILE[who.role] and (
+        who.is_platform or state.party(who.role) == who.tenant
+    ):
+        out.append("cancel")
+    if (state.status == "assigned" and may(who, "decline")
+            and (who.is_platform or state.driver == who.tenant)):  # fmt: skip
+        out.append("decline")
+    return out
 
 
 def may_follow(step: str, status: str) -> bool:
@@ -245,6 +356,8 @@ def accepted(state: OrderState) -> bool:
 
 def step_written(state: OrderState, step: str) -> bool:
     """Whether every event ``step`` writes is in the stream."""
+    if step == "decline":
+        return False
     ids = {"pay": ("pay",), "accept": ("task", "start"), "ready": ("done",),
            "pickup": ("ship",), "deliver": ("deliver", "payout", "payin")}[step]  # fmt: skip
     return all(state.has(i) for i in ids) and (step != "accept" or accepted(state))
@@ -255,6 +368,8 @@ def already_done(state: OrderState) -> Conflict:
 
 
 def out_of_turn(state: OrderState) -> Conflict:
+    if state.status == "cancelled":
+        return Conflict("not now: the order is cancelled", code="out_of_turn")
     return Conflict(f"not now: order is {state.status}", code="out_of_turn")
 
 
@@ -271,7 +386,9 @@ def ready_turn(state: OrderState) -> bool:
     """Step 5's turn: True to write it; False when it is written but Step 6 is not (a
     retry completes the assignment); 409 otherwise."""
     if state.has("done"):
-        if state.has("assign") or state.status != "ready":
+        if state.status == "cancelled":
+            raise out_of_turn(state)
+        if state.driver is not None or state.status != "ready":
             raise already_done(state)
         return False
     check_turn(state, "ready")
@@ -391,6 +508,17 @@ def distance_km(a: tuple[float | None, float | None], b: tuple[float | None, flo
                 ) -> float:  # fmt: skip
     """The Manhattan distance between two (lat, lng), in km (an unknown coordinate is 0)."""
     return (abs((a[0] or 0) - (b[0] or 0)) + abs((a[1] or 0) - (b[1] or 0))) * KM_PER_DEG
+
+
+EARTH_RADIUS_M = 6_371_008.8
+
+
+def distance_m(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """The great-circle distance between two (lat, lng), in metres (haversine)."""
+    lat1, lng1, lat2, lng2 = map(math.radians, (a[0], a[1], b[0], b[1]))
+    h = (math.sin((lat2 - lat1) / 2) ** 2
+         + math.cos(lat1) * math.cos(lat2) * math.sin((lng2 - lng1) / 2) ** 2)  # fmt: skip
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
 
 
 def pickup_eta(km: float) -> int:

@@ -32,6 +32,8 @@ __all__ = ["READ_BYTES", "append", "load", "read_events", "step_event"]
 READ_MAX = 16
 ARCHIVED_READ = READ_MAX
 READ_BYTES = 4 << 20  # a page, the events kept, and the answer built from them
+# Opcodes kept however many (only the hub and the platform write them).
+_EVERY = frozenset({Opcode.TASK_ASSIGN, Opcode.TASK_UNASSIGN, Opcode.ORDER_CANCEL})
 
 
 def step_event(order_id: str, step: str, opcode: int, payload: Mapping[str, Any], *,
@@ -50,9 +52,10 @@ def step_event(order_id: str, step: str, opcode: int, payload: Mapping[str, Any]
     )
 
 
-async def read_events(node: Node, order_id: str, *, archived: bool = False) -> list[Event]:
+async def read_events(node: Node, order_id: str, *, archived: bool = False
+                      ) -> tuple[list[Event], int]:  # fmt: skip
     """What the order steps look at of the order's events (see :func:`load`), live or
-    from the archive, in ``seq`` order.
+    from the archive, in ``seq`` order, and the last ``seq`` read.
 
     A live stream archived while it is being read (Step 11 deletes its events) reads short:
     then the archive, which holds all of it, is read instead.
@@ -61,8 +64,8 @@ async def read_events(node: Node, order_id: str, *, archived: bool = False) -> l
     if not archived:
         info = await node.stream_info(order_id)
         if info is not None and info.archived and last < info.last_seq:
-            kept, _ = await _read(node, order_id, True)
-    return kept
+            kept, last = await _read(node, order_id, True)
+    return kept, last
 
 
 async def _read(node: Node, order_id: str, archived: bool) -> tuple[list[Event], int]:
@@ -74,7 +77,7 @@ async def _read(node: Node, order_id: str, archived: bool) -> tuple[list[Event],
     while True:
         events = await node.read_events(order_id, since, page, archived=archived)
         for e in events:
-            if e.opcode not in seen or e.opcode == Opcode.TASK_ASSIGN or e.id.startswith(steps):
+            if e.opcode not in seen or e.opcode in _EVERY or e.id.startswith(steps):
                 kept.append(e)
                 seen.add(e.opcode)
         if events:
@@ -87,16 +90,20 @@ async def load(node: Node, order_id: str, *, archived: bool = False) -> OrderSta
     """The order as its stream tells it; 404 when there is none.
 
     It keeps the first event of each opcode (the order's status, its ORDER_CREATE), every
-    TASK_ASSIGN (only the hub and the platform write them) and every event of the order
-    steps (ids ``{order_id}.…``): bounded, whatever else the parties appended.
+    TASK_ASSIGN, TASK_UNASSIGN and ORDER_CANCEL (only the hub and the platform write them)
+    and every event of the order steps (ids ``{order_id}.…``): bounded, whatever else the
+    parties appended.
     """
     if not STREAM_ID_RE.match(order_id):
         raise Forbidden("not a member of this order")
-    return OrderState(order_id, await read_events(node, order_id, archived=archived))
+    events, last = await read_events(node, order_id, archived=archived)
+    return OrderState(order_id, events, last)
 
 
 async def append(node: Node, order_id: str, events: Sequence[NewEvent], *,
-                 first: bool = False) -> list[Event]:  # fmt: skip
+                 first: bool = False, onto: OrderState | None = None) -> list[Event]:  # fmt: skip
     """Commit a step's events (already authorized; ``first``: only as the stream's first
-    events); the stored events."""
-    return (await node.commit(order_id, events, first=first)).events
+    events; ``onto``: only onto the stream as that state read it, else
+    :class:`~hub.infra.store.StreamChanged`); the stored events."""
+    expected = onto.last_seq if onto is not None else None
+    return (await node.commit(order_id, events, first=first, expected=expected)).events

@@ -25,7 +25,9 @@ __all__ = [
     "ORDER_ID_PATTERN",
     "STEP_BODIES",
     "Accept",
+    "Cancel",
     "CreateOrder",
+    "Decline",
     "DriverMe",
     "DriverOffline",
     "DriverOnline",
@@ -44,7 +46,9 @@ __all__ = [
     "Product",
     "Ready",
     "decode_accept",
+    "decode_cancel",
     "decode_create_order",
+    "decode_decline",
     "decode_deliver",
     "decode_driver_status",
     "decode_motion",
@@ -183,6 +187,22 @@ class Pickup(Struct, rename="camel"):
     ) = None
 
 
+class Cancel(Struct, rename="camel"):
+    """``POST /api/orders/{id}/cancel`` (docs/protocol.md §6); other fields are ignored."""
+
+    refusals: ClassVar[dict[str, Any]] = _BODY
+
+    reason: Annotated[str, text(200, "Why (shown to the other parties).")] | None = None
+
+
+class Decline(Struct, rename="camel"):
+    """``POST /api/orders/{id}/decline`` (docs/protocol.md §6); other fields are ignored."""
+
+    refusals: ClassVar[dict[str, Any]] = _BODY
+
+    reason: Annotated[str, text(200, "Why (kept as the TASK_UNASSIGN's note).")] | None = None
+
+
 class DriverOnline(Struct, kw_only=True, tag_field="status", tag="online"):
     """Idle and discoverable at ``lat``/``lng``; other fields are ignored."""
 
@@ -212,6 +232,8 @@ STEP_BODIES: dict[str, Any] = {
     "ready": Ready,
     "pickup": Pickup,
     "deliver": LatLng,
+    "cancel": Cancel,
+    "decline": Decline,
 }  # the body of each POST /api/orders/{id}/{step}
 
 
@@ -247,6 +269,18 @@ def decode_ready(body: bytes | bytearray | object) -> Ready:
 def decode_pickup(body: bytes | bytearray | object) -> Pickup:
     """``POST /api/orders/{id}/pickup``'s body, or its 422."""
     decoded: Pickup = decode(body, Pickup)
+    return decoded
+
+
+def decode_cancel(body: bytes | bytearray | object) -> Cancel:
+    """``POST /api/orders/{id}/cancel``'s body, or its 422."""
+    decoded: Cancel = decode(body, Cancel)
+    return decoded
+
+
+def decode_decline(body: bytes | bytearray | object) -> Decline:
+    """``POST /api/orders/{id}/decline``'s body, or its 422."""
+    decoded: Decline = decode(body, Decline)
     return decoded
 
 
@@ -290,6 +324,23 @@ class OrderStep(Struct, forbid_unknown_fields=True, rename="camel"):
     events: Annotated[list[StoredEvent], Meta(description="What the step wrote.")]
 
 
+OrderAction = Literal["pay", "accept", "ready", "pickup", "deliver", "cancel", "decline"]
+
+
+class Refund(Struct, forbid_unknown_fields=True):
+    """What a cancel paid back."""
+
+    amount: float
+    currency: str
+
+
+class Cancelled(Struct, forbid_unknown_fields=True):
+    """Who cancelled the order, and why."""
+
+    by: Any
+    reason: Any
+
+
 class Location(Struct, forbid_unknown_fields=True):
     """A known position."""
 
@@ -315,7 +366,13 @@ class OrderDetails(Struct, forbid_unknown_fields=True, rename="camel"):
     currency: str
     driver: str | None
     driver_location: Location | None
+    driver_last_seen: Annotated[
+        str | None, Meta(description="When the driver's position last arrived.")]
     last_seq: Annotated[int, Meta(ge=0)]
+    actions: Annotated[list[OrderAction], Meta(
+        description="What the caller may do to the order now (the apps' buttons).")]
+    refund: Refund | None
+    cancelled: Cancelled | None
 
 
 class Product(Struct, forbid_unknown_fields=True, rename="camel"):
@@ -332,13 +389,15 @@ class Product(Struct, forbid_unknown_fields=True, rename="camel"):
 
 
 class Menu(Struct, forbid_unknown_fields=True, rename="camel"):
-    """A restaurant's name, location and products."""
+    """A restaurant's name, location, whether it takes orders, its currency and products."""
 
     restaurant: TenantId
     node_id: str
     name: str | None
     address: Any
     location: Location | None
+    open: Annotated[bool, Meta(description="Whether it takes orders now.")]
+    currency: Annotated[str, Meta(description="The currency its orders are in.")]
     products: list[Product]
 
 

@@ -67,6 +67,10 @@ def routes(result: AppendResult) -> list[tuple[str, Event]]:
         for tenant, joined_at in members:
             if event.pos >= joined_at:
                 out.append((inbox_channel(tenant), event))
+        # A membership the append ended carries the stream up to its ending event.
+        for tenant, joined_at, left_at in result.left:
+            if joined_at <= event.pos <= left_at:
+                out.append((inbox_channel(tenant), event))
         out.append((PLATFORM_INBOX, event))
     return out
 

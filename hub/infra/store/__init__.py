@@ -12,7 +12,7 @@ Both keep the seed's columns (``id``, ``streamId``, ``opcode``, ``nodeId``,
 ``pointId``, ``delta``, ``payload``, ``ts``) plus ``seq`` (per stream, 1..n, no gaps)
 and ``pos`` (global, AUTOINCREMENT so never reused after deletes), a ``streams``
 table holding each stream's last ``seq`` (kept after archiving), and ``members``:
-who may read a stream, from which event on (docs/protocol.md §2).
+who may read a stream, from which event on and until which (docs/protocol.md §2, §6).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from hub.infra.store.base import (
     NotFirstEvent,
     Store,
     StreamArchived,
+    StreamChanged,
     StreamInfo,
     find_streams_sql,
     members_named,
@@ -36,6 +37,7 @@ __all__ = [
     "NotFirstEvent",
     "Store",
     "StreamArchived",
+    "StreamChanged",
     "StreamInfo",
     "find_streams_sql",
     "members_named",

@@ -11,18 +11,26 @@ from hub.errors import Conflict, Forbidden
 from hub.events import TENANT_ID_RE, Event, NewEvent, Opcode
 
 __all__ = [
+    "JOIN",
+    "LEAVE",
     "MIGRATE_EVENTS",
+    "MIGRATE_MEMBERS",
     "SCHEMA",
     "SELECT_EVENTS_DDL",
+    "SELECT_LEFT",
+    "SELECT_MEMBERS_DDL",
     "AppendResult",
     "CommitListener",
     "NotFirstEvent",
     "Store",
     "StreamArchived",
+    "StreamChanged",
     "StreamInfo",
     "find_streams_sql",
     "ids_scoped",
+    "members_ended",
     "members_named",
+    "spans_kept",
 ]
 
 # Event ids are unique within their stream, not across streams (docs/protocol.md §3): a
@@ -43,6 +51,19 @@ _EVENTS_TABLE = """CREATE TABLE IF NOT EXISTS {name} (
         UNIQUE (streamId, seq)
     )"""
 _BY_OPCODE = "CREATE INDEX IF NOT EXISTS events_by_opcode ON events (opcode, streamId)"
+# One row per span of membership: from the event that made the tenant a member (a stream's
+# ORDER_CREATE, a TASK_ASSIGN) until the TASK_UNASSIGN that ended it (NULL: a member now).
+# A driver assigned again later has a second row; at most one row per tenant is open.
+_MEMBERS_TABLE = """CREATE TABLE IF NOT EXISTS {name} (
+        streamId TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        fromSeq INTEGER NOT NULL,
+        fromPos INTEGER NOT NULL,
+        untilSeq INTEGER,
+        untilPos INTEGER,
+        PRIMARY KEY (streamId, tenant, fromSeq)
+    ) WITHOUT ROWID"""
+_BY_TENANT = "CREATE INDEX IF NOT EXISTS members_by_tenant ON members (tenant, streamId)"
 
 SCHEMA: tuple[str, ...] = (
     _EVENTS_TABLE.format(name="events"),
@@ -51,14 +72,8 @@ SCHEMA: tuple[str, ...] = (
         lastSeq INTEGER NOT NULL,
         archived INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS members (
-        streamId TEXT NOT NULL,
-        tenant TEXT NOT NULL,
-        fromSeq INTEGER NOT NULL,
-        fromPos INTEGER NOT NULL,
-        PRIMARY KEY (streamId, tenant)
-    ) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS members_by_tenant ON members (tenant, streamId)",
+    _MEMBERS_TABLE.format(name="members"),
+    _BY_TENANT,
     _BY_OPCODE,
 )
 
@@ -80,6 +95,24 @@ MIGRATE_EVENTS: tuple[str, ...] = (
 )
 
 
+# A streams DB made before memberships could end has one ``members`` row per (stream,
+# tenant) and no ``untilSeq``: rebuilt the same way, every row an open span.
+SELECT_MEMBERS_DDL = "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'members'"
+MIGRATE_MEMBERS: tuple[str, ...] = (
+    _MEMBERS_TABLE.format(name="members_spans").replace(" IF NOT EXISTS", ""),
+    "INSERT INTO members_spans (streamId, tenant, fromSeq, fromPos)"
+    " SELECT streamId, tenant, fromSeq, fromPos FROM members",
+    "DROP TABLE members",
+    "ALTER TABLE members_spans RENAME TO members",
+    _BY_TENANT,
+)
+
+
+def spans_kept(members_ddl: str | None) -> bool:
+    """Whether the ``members`` table's DDL (None: no table) keeps spans of membership."""
+    return members_ddl is None or "untilSeq" in members_ddl
+
+
 def ids_scoped(events_ddl: str | None) -> bool:
     """Whether the ``events`` table's DDL (None: no table) scopes ids to their stream."""
     return events_ddl is None or "UNIQUE(streamId,id)" in "".join(events_ddl.split())
@@ -95,10 +128,27 @@ SELECT_INBOX = (
     "SELECT e.id, e.streamId, e.seq, e.pos, e.opcode, e.nodeId, e.pointId, e.delta,"
     " e.payload, e.ts FROM members m JOIN events e"
     " ON e.streamId = m.streamId AND e.seq >= m.fromSeq"
+    " AND (m.untilSeq IS NULL OR e.seq <= m.untilSeq)"
     " WHERE m.tenant = ? AND e.pos > ? ORDER BY e.pos LIMIT ?"
 )
 SELECT_STREAM_ROW = "SELECT lastSeq, archived FROM streams WHERE streamId = ?"
-SELECT_MEMBERS = "SELECT tenant, fromPos FROM members WHERE streamId = ?"
+SELECT_MEMBERS = "SELECT tenant, fromPos FROM members WHERE streamId = ? AND untilSeq IS NULL"
+# A tenant joins (args: stream, tenant, seq, pos, stream, tenant) unless a member already;
+# leaves (args: seq, pos, stream, tenant) when a member.
+JOIN = (
+    "INSERT INTO members (streamId, tenant, fromSeq, fromPos) SELECT ?, ?, ?, ?"
+    " WHERE NOT EXISTS (SELECT 1 FROM members WHERE streamId = ? AND tenant = ?"
+    " AND untilSeq IS NULL)"
+)
+LEAVE = (
+    "UPDATE members SET untilSeq = ?, untilPos = ? WHERE streamId = ? AND tenant = ?"
+    " AND untilSeq IS NULL"
+)
+# The spans an append ended (args: the stream, its lastSeq before the append).
+SELECT_LEFT = (
+    "SELECT tenant, fromPos, untilPos FROM members WHERE streamId = ? AND untilSeq > ?"
+    " ORDER BY untilPos"
+)
 
 
 def select_stored(count: int) -> str:
@@ -108,9 +158,11 @@ def select_stored(count: int) -> str:
 
 
 def select_opcodes(among: Sequence[int]) -> str:
-    """Which of the opcodes ``among`` a stream holds (by ``events_by_opcode``)."""
+    """Which of the opcodes ``among`` a stream holds, each with its last ``seq`` (by
+    ``events_by_opcode``)."""
     marks = ",".join("?" * len(among))
-    return f"SELECT DISTINCT opcode FROM events WHERE streamId = ? AND opcode IN ({marks})"
+    return (f"SELECT opcode, MAX(seq) FROM events WHERE streamId = ? AND opcode IN ({marks})"
+            " GROUP BY opcode")  # fmt: skip
 
 
 def find_streams_sql(
@@ -128,7 +180,7 @@ def find_streams_sql(
     if member is not None:
         # CROSS JOIN: SQLite keeps the left table as the outer loop.
         source = "members m CROSS JOIN streams s ON s.streamId = m.streamId"
-        where.insert(0, "m.tenant = ?")
+        where.insert(0, "m.tenant = ? AND m.untilSeq IS NULL")
         args.append(member)
     elif having is not None:
         source = "streams s"
@@ -161,6 +213,14 @@ class StreamArchived(Conflict):
 
 class NotFirstEvent(Forbidden):
     """An append that must open its stream (a customer's ORDER_CREATE) found it non-empty."""
+
+
+class StreamChanged(Conflict):
+    """An append that expected the stream at a ``seq`` found other events appended since
+    (the caller reads the stream again and decides anew)."""
+
+    def __init__(self, message: str = "the stream changed meanwhile") -> None:
+        super().__init__(message, code="changed")
 
 
 def row_to_event(row: Sequence[Any]) -> Event:
@@ -196,6 +256,15 @@ def members_named(event: NewEvent | Event) -> list[str]:
     return out
 
 
+def members_ended(event: NewEvent | Event) -> list[str]:
+    """Tenants whose membership of the stream an event ends: a TASK_UNASSIGN's driver
+    (docs/protocol.md §6)."""
+    if event.opcode != Opcode.TASK_UNASSIGN:
+        return []
+    value = event.payload_obj.get("driver")
+    return [value] if isinstance(value, str) and TENANT_ID_RE.match(value) else []
+
+
 def check_retry(existing: Event, new: NewEvent, stream_id: str) -> None:
     """Raise :class:`Conflict` unless ``new`` repeats ``existing`` exactly.
 
@@ -224,6 +293,8 @@ class AppendResult:
     events: list[Event]  # one per event asked for, in request order
     new: list[Event]  # those this call committed (empty for a pure retry)
     members: dict[str, int]  # the stream's members after the append -> joined at pos
+    # (tenant, joined at pos, left at pos) of each membership the append's events ended
+    left: tuple[tuple[str, int, int], ...] = ()
 
 
 class CommitListener(Protocol):
@@ -247,14 +318,21 @@ class Store(Protocol):
         connection. Idempotent."""
 
     async def append(
-        self, stream_id: str, events: Sequence[NewEvent], *, first: bool = False
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        *,
+        first: bool = False,
+        expected: int | None = None,
     ) -> AppendResult:
         """Commit ``events`` to the end of ``stream_id``, all or nothing.
 
         Answers only after the commit. Events whose ``id`` is already stored with the
         same content are returned as stored (nothing written); other content raises
         :class:`Conflict`. With ``first=True`` the new events must open the stream
-        (else :class:`NotFirstEvent`).
+        (else :class:`NotFirstEvent`); with ``expected`` the stream's last ``seq`` must
+        still be ``expected`` (else :class:`StreamChanged`): a decision taken on what
+        the stream held is committed only if nothing was appended since, on any instance.
         """
 
     async def read_stream(self, stream_id: str, since: int, limit: int) -> list[Event]:
@@ -262,13 +340,15 @@ class Store(Protocol):
 
     async def read_inbox(self, tenant: str | None, since: int, limit: int) -> list[Event]:
         """Events with ``pos > since`` of the streams ``tenant`` is a member of, from
-        the event that made it one; every stream when ``tenant`` is None."""
+        the event that made it one until the one that ended it (a span each time it
+        was a member); every stream when ``tenant`` is None."""
 
     async def stream_info(self, stream_id: str) -> StreamInfo | None:
         """The stream's last ``seq`` and members; None if it never existed."""
 
-    async def stream_opcodes(self, stream_id: str, among: Sequence[int]) -> set[int]:
-        """Which of the opcodes ``among`` the stream's stored events have."""
+    async def stream_opcodes(self, stream_id: str, among: Sequence[int]) -> dict[int, int]:
+        """Which of the opcodes ``among`` the stream's stored events have, each with the
+        ``seq`` of its last one."""
 
     async def delete_stream(self, stream_id: str) -> int:
         """Delete a stream's events (after archiving); its ``seq`` counter stays."""

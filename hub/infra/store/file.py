@@ -33,26 +33,34 @@ from typing import Any, TypeVar
 from hub.errors import Busy, HubError, Unavailable
 from hub.events import Event, NewEvent
 from hub.infra.store.base import (
+    JOIN,
+    LEAVE,
     MIGRATE_EVENTS,
+    MIGRATE_MEMBERS,
     SCHEMA,
     SELECT_ALL,
     SELECT_EVENTS_DDL,
     SELECT_INBOX,
+    SELECT_LEFT,
     SELECT_MEMBERS,
+    SELECT_MEMBERS_DDL,
     SELECT_STREAM,
     SELECT_STREAM_ROW,
     AppendResult,
     CommitListener,
     NotFirstEvent,
     StreamArchived,
+    StreamChanged,
     StreamInfo,
     check_retry,
     find_streams_sql,
     ids_scoped,
+    members_ended,
     members_named,
     row_to_event,
     select_opcodes,
     select_stored,
+    spans_kept,
 )
 
 __all__ = ["FileStore", "connect", "path_from_url"]
@@ -132,7 +140,7 @@ class _Job(_Write):
 
 
 class _Append(_Write):
-    __slots__ = ("events", "first", "stream_id")
+    __slots__ = ("events", "expected", "first", "stream_id")
 
     def __init__(
         self,
@@ -140,11 +148,13 @@ class _Append(_Write):
         events: Sequence[NewEvent],
         first: bool,
         future: asyncio.Future[AppendResult],
+        expected: int | None = None,
     ) -> None:
         super().__init__(future, len(events))
         self.stream_id = stream_id
         self.events = events
         self.first = first
+        self.expected = expected
 
     def apply(self, conn: sqlite3.Connection) -> AppendResult:
         return _apply(conn, self)
@@ -183,13 +193,16 @@ def _apply(conn: sqlite3.Connection, req: _Append) -> AppendResult:
             check_retry(existing[new.id], new, req.stream_id)
     fresh = [e for e in req.events if e.id not in existing]
     committed: dict[str, Event] = {}
+    left: tuple[tuple[str, int, int], ...] = ()
     if fresh:
         row = conn.execute(SELECT_STREAM_ROW, (req.stream_id,)).fetchone()
-        seq = int(row[0]) if row else 0
+        seq = was = int(row[0]) if row else 0
         if row and row[1]:
             raise StreamArchived("this stream has been archived", code="archived")
         if req.first and seq != 0:
             raise NotFirstEvent("ORDER_CREATE must be the first event of a new stream")
+        if req.expected is not None and seq != req.expected:
+            raise StreamChanged()
         for new in fresh:
             seq += 1
             cur = conn.execute(
@@ -213,20 +226,21 @@ def _apply(conn: sqlite3.Connection, req: _Append) -> AppendResult:
                 new.id, req.stream_id, seq, pos, new.opcode, new.node_id, new.point_id,
                 new.delta, new.payload, new.ts,
             )  # fmt: skip
+            for tenant in members_ended(new):
+                conn.execute(LEAVE, (seq, pos, req.stream_id, tenant))
             for tenant in members_named(new):
-                conn.execute(
-                    "INSERT OR IGNORE INTO members (streamId, tenant, fromSeq, fromPos)"
-                    " VALUES (?, ?, ?, ?)",
-                    (req.stream_id, tenant, seq, pos),
-                )
+                conn.execute(JOIN, (req.stream_id, tenant, seq, pos, req.stream_id, tenant))
         conn.execute(
             "INSERT INTO streams (streamId, lastSeq) VALUES (?, ?)"
             " ON CONFLICT (streamId) DO UPDATE SET lastSeq = excluded.lastSeq",
             (req.stream_id, seq),
         )
+        left = tuple(
+            (t, int(a), int(b)) for t, a, b in conn.execute(SELECT_LEFT, (req.stream_id, was))
+        )
     members = {t: int(p) for t, p in conn.execute(SELECT_MEMBERS, (req.stream_id,))}
     events = [existing.get(e.id) or committed[e.id] for e in req.events]
-    return AppendResult(req.stream_id, events, list(committed.values()), members)
+    return AppendResult(req.stream_id, events, list(committed.values()), members, left)
 
 
 class FileStore:
@@ -279,6 +293,11 @@ class FileStore:
                 log.warning("migrating %s: event ids become unique per stream", self.path)
                 for stmt in MIGRATE_EVENTS:
                     conn.execute(stmt)
+            row = conn.execute(SELECT_MEMBERS_DDL).fetchone()
+            if not spans_kept(row[0] if row else None):
+                log.warning("migrating %s: memberships may end (TASK_UNASSIGN)", self.path)
+                for stmt in MIGRATE_MEMBERS:
+                    conn.execute(stmt)
             conn.execute("COMMIT")
         finally:
             conn.close()
@@ -321,12 +340,18 @@ class FileStore:
     # -- writes ------------------------------------------------------------------
 
     async def append(
-        self, stream_id: str, events: Sequence[NewEvent], *, first: bool = False
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        *,
+        first: bool = False,
+        expected: int | None = None,
     ) -> AppendResult:
         if self._closed or self._loop is None:
             raise Unavailable("the streams store is closed")
         fut: asyncio.Future[AppendResult] = self._loop.create_future()
-        result: AppendResult = await self._submit(_Append(stream_id, list(events), first, fut))
+        request = _Append(stream_id, list(events), first, fut, expected)
+        result: AppendResult = await self._submit(request)
         return result
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -499,10 +524,10 @@ class FileStore:
 
         return await self._read(run)
 
-    async def stream_opcodes(self, stream_id: str, among: Sequence[int]) -> set[int]:
-        def run(conn: sqlite3.Connection) -> set[int]:
+    async def stream_opcodes(self, stream_id: str, among: Sequence[int]) -> dict[int, int]:
+        def run(conn: sqlite3.Connection) -> dict[int, int]:
             rows = conn.execute(select_opcodes(among), (stream_id, *among))
-            return {int(r[0]) for r in rows}
+            return {int(r[0]): int(r[1]) for r in rows}
 
         return await self._read(run)
 

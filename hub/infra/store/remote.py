@@ -27,7 +27,9 @@ them, because every request costs a network round trip:
   when the check fails: ``UPDATE streams SET archived = NULL WHERE streamId = ? AND
   archived <> 0`` (:class:`~hub.infra.store.StreamArchived`) and, with ``first=True``,
   ``UPDATE streams SET lastSeq = NULL WHERE streamId = ? AND lastSeq <> n`` (the
-  stream had events before: :class:`~hub.infra.store.NotFirstEvent`). SQLite names the
+  stream had events before: :class:`~hub.infra.store.NotFirstEvent`), and with
+  ``expected`` the same statement against ``expected + n`` (other events were appended
+  since: :class:`~hub.infra.store.StreamChanged`). SQLite names the
   column in its message, which tells the two apart. They run after the inserts, so a
   retried event is recognized as a retry first, as in the embedded store.
 - **The commit listener sees commit order.** Answers to concurrent appends may come back
@@ -64,25 +66,30 @@ from hub.events import Event, NewEvent
 from hub.infra.hrana import TokenRefused, check_token
 from hub.infra.store.base import (
     MIGRATE_EVENTS,
+    MIGRATE_MEMBERS,
     SCHEMA,
     SELECT_ALL,
     SELECT_EVENTS_DDL,
     SELECT_INBOX,
     SELECT_MEMBERS,
+    SELECT_MEMBERS_DDL,
     SELECT_STREAM,
     SELECT_STREAM_ROW,
     AppendResult,
     CommitListener,
     NotFirstEvent,
     StreamArchived,
+    StreamChanged,
     StreamInfo,
     check_retry,
     find_streams_sql,
     ids_scoped,
+    members_ended,
     members_named,
     row_to_event,
     select_opcodes,
     select_stored,
+    spans_kept,
 )
 
 __all__ = ["BUSY_RETRY_S", "REMOTE_SCHEMES", "REQUEST_TIMEOUT_S", "RemoteStore"]
@@ -109,12 +116,28 @@ INSERT_EVENT = (
     " SELECT ?, ?, ?, ?, ?, ?, ?, ?, lastSeq - ? FROM streams WHERE streamId = ?"
     " RETURNING seq, pos"
 )
+# A tenant joins from the naming event unless it is a member already (args: tenant,
+# stream, event id, tenant); leaves at the event that ends its membership (args: stream,
+# event id, stream, tenant).
 INSERT_MEMBER = (
-    "INSERT OR IGNORE INTO members (streamId, tenant, fromSeq, fromPos)"
+    "INSERT INTO members (streamId, tenant, fromSeq, fromPos)"
     " SELECT streamId, ?, seq, pos FROM events WHERE streamId = ? AND id = ?"
+    " AND NOT EXISTS (SELECT 1 FROM members m WHERE m.streamId = events.streamId"
+    " AND m.tenant = ? AND m.untilSeq IS NULL)"
+)
+END_MEMBER = (
+    "UPDATE members SET (untilSeq, untilPos) = (SELECT seq, pos FROM events"
+    " WHERE streamId = ? AND id = ?) WHERE streamId = ? AND tenant = ? AND untilSeq IS NULL"
+)
+# The memberships the append ended (args: stream, stream, n): lastSeq - n is the stream's
+# lastSeq before the append.
+SELECT_ENDED = (
+    "SELECT tenant, fromPos, untilPos FROM members WHERE streamId = ? AND untilSeq >"
+    " (SELECT lastSeq FROM streams WHERE streamId = ?) - ? ORDER BY untilPos"
 )
 # Each breaks NOT NULL (so the batch rolls back) when its check fails: the stream is
-# archived; the stream had events before (lastSeq was not 0 before BUMP_SEQ).
+# archived; the stream had events before (lastSeq was not 0 before BUMP_SEQ), or other
+# events than expected (lastSeq was not ``expected`` before BUMP_SEQ).
 CHECK_OPEN = "UPDATE streams SET archived = NULL WHERE streamId = ? AND archived <> 0"
 CHECK_FIRST = "UPDATE streams SET lastSeq = NULL WHERE streamId = ? AND lastSeq <> ?"
 
@@ -197,6 +220,10 @@ class RemoteStore:
                 # the already scoped table again, to the same rows.
                 log.warning("migrating the streams DB: event ids become unique per stream")
                 await self._batch([(stmt, []) for stmt in MIGRATE_EVENTS])
+            ddl = await self._execute(SELECT_MEMBERS_DDL, [])
+            if not spans_kept(ddl.rows[0][0] if ddl.rows else None):
+                log.warning("migrating the streams DB: memberships may end (TASK_UNASSIGN)")
+                await self._batch([(stmt, []) for stmt in MIGRATE_MEMBERS])
         except BaseException:
             client, self._client = self._client, None
             await _close_client(client)
@@ -271,7 +298,12 @@ class RemoteStore:
     # -- writes --------------------------------------------------------------------
 
     async def append(
-        self, stream_id: str, events: Sequence[NewEvent], *, first: bool = False
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        *,
+        first: bool = False,
+        expected: int | None = None,
     ) -> AppendResult:
         self._check_open()
         events = list(events)
@@ -279,7 +311,7 @@ class RemoteStore:
             raise Unprocessable("duplicate event id in batch")
         # The store's task, so that a caller going away stops neither the commit nor
         # its hand-over to the listener.
-        task = asyncio.create_task(self._append(stream_id, events, first))
+        task = asyncio.create_task(self._append(stream_id, events, first, expected))
         self._tasks.add(task)
         task.add_done_callback(self._finished)
         return await asyncio.shield(task)
@@ -289,7 +321,8 @@ class RemoteStore:
         if not task.cancelled():
             task.exception()  # retrieved here when the caller went away
 
-    async def _append(self, stream_id: str, events: list[NewEvent], first: bool) -> AppendResult:
+    async def _append(self, stream_id: str, events: list[NewEvent], first: bool,
+                      expected: int | None) -> AppendResult:  # fmt: skip
         ids = [e.id for e in events]
         stored: dict[str, Event] = {}
         members: dict[str, int] = {}
@@ -300,11 +333,11 @@ class RemoteStore:
             fresh = [e for e in events if e.id not in stored]
             if not fresh:
                 return AppendResult(stream_id, [stored[i] for i in ids], [], members)
-            stmts, rows_at = _append_batch(stream_id, fresh, first)
+            stmts, rows_at = _append_batch(stream_id, fresh, first, expected)
             ticket = self._order.begin()
             result: AppendResult | None = None
             try:
-                results = await self._try_append(stmts)
+                results = await self._try_append(stmts, expected is not None)
                 if results is not None:
                     new = [
                         _committed(stream_id, e, results[at])
@@ -316,6 +349,7 @@ class RemoteStore:
                         [stored.get(i) or committed[i] for i in ids],
                         new,
                         _members(results[-1]),
+                        tuple((str(r[0]), int(r[1]), int(r[2])) for r in results[-2].rows),
                     )
             finally:
                 handed_on = self._order.end(ticket, result)
@@ -330,7 +364,7 @@ class RemoteStore:
                     check_retry(stored[e.id], e, stream_id)
         raise Busy("the streams DB kept refusing the append; retry")
 
-    async def _try_append(self, stmts: list[Stmt]) -> list[Any] | None:
+    async def _try_append(self, stmts: list[Stmt], expecting: bool) -> list[Any] | None:
         """Run an append batch; None when an event id is stored already."""
         try:
             return await self._raw_batch(stmts)
@@ -338,6 +372,8 @@ class RemoteStore:
             message = str(exc.explanation)
             if ARCHIVED in message:
                 raise StreamArchived("this stream has been archived", code="archived") from None
+            if NOT_FIRST in message and expecting:
+                raise StreamChanged() from None
             if NOT_FIRST in message:
                 raise NotFirstEvent(
                     "ORDER_CREATE must be the first event of a new stream"
@@ -397,10 +433,10 @@ class RemoteStore:
         row = row_rs.rows[0]
         return StreamInfo(stream_id, int(row[0]), bool(row[1]), _members(members_rs))
 
-    async def stream_opcodes(self, stream_id: str, among: Sequence[int]) -> set[int]:
+    async def stream_opcodes(self, stream_id: str, among: Sequence[int]) -> dict[int, int]:
         self._check_open()
         rs = await self._execute(select_opcodes(among), [stream_id, *among])
-        return {int(r[0]) for r in rs.rows}
+        return {int(r[0]): int(r[1]) for r in rs.rows}
 
     async def find_streams(
         self,
@@ -490,7 +526,7 @@ class _CommitOrder:
 
 
 def _append_batch(
-    stream_id: str, fresh: list[NewEvent], first: bool
+    stream_id: str, fresh: list[NewEvent], first: bool, expected: int | None = None
 ) -> tuple[list[Stmt], list[int]]:
     """The statements of one append (see the module docstring), and where each
     event's ``INSERT ... RETURNING`` is among them."""
@@ -506,10 +542,16 @@ def _append_batch(
                  n - i, stream_id],
             )
         )  # fmt: skip
-        stmts.extend((INSERT_MEMBER, [tenant, stream_id, e.id]) for tenant in members_named(e))
+        stmts.extend((END_MEMBER, [stream_id, e.id, stream_id, tenant])
+                     for tenant in members_ended(e))  # fmt: skip
+        stmts.extend((INSERT_MEMBER, [tenant, stream_id, e.id, tenant])
+                     for tenant in members_named(e))  # fmt: skip
     stmts.append((CHECK_OPEN, [stream_id]))
     if first:
         stmts.append((CHECK_FIRST, [stream_id, n]))
+    elif expected is not None:
+        stmts.append((CHECK_FIRST, [stream_id, expected + n]))
+    stmts.append((SELECT_ENDED, [stream_id, stream_id, n]))
     stmts.append((SELECT_MEMBERS, [stream_id]))
     return stmts, rows_at
 
