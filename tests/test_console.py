@@ -6,6 +6,7 @@ drivers online, the instance's state, and a token that is not the platform's.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from tests.conftest import HubProcess, token
@@ -86,7 +87,8 @@ def test_console_follows_orders_drivers_and_the_instance_live(
     expect(row).to_have_attribute("data-status", "picked_up")
     step(hub, "/api/motion", DRIVER, {"lat": 25.2, "lng": 55.25})
     expect(p.locator("#tl-location")).to_contain_text("driver rami at 25.20000, 55.25000")
-    expect(rami.locator(".fix")).to_have_text("25.20000, 55.25000")
+    # the fix and when it arrived (seenAt in his DB): the console's list is polled
+    expect(rami.locator(".fix")).to_have_text(re.compile(r"^25\.20000, 55\.25000 · \d+ s ago$"))
     p.screenshot(path=SHOTS / "console-1920.png", full_page=True)
 
     # Delivered, then archived (HUB_ARCHIVE_DELAY 0): finished, and the timeline says so.

@@ -276,9 +276,12 @@ async def test_decline_goes_to_the_next_nearest_never_back_to_the_decliner(
 
             await until(lambda: any(e["id"] == unassign["id"] for e in rami_inbox.events()),
                         5, "the TASK_UNASSIGN in rami's inbox")  # fmt: skip
+            before = await writes(c)
             r = await act(c, oid, "decline", SAMI)
             assert r.status_code == 200, r.text
             assert r.json()["orderStatus"] == "ready"
+            # the event; sami idle in his DB and unclaimed in the public DB; nobody else
+            assert diff(before, await writes(c)) == {"streams": 1, "tenant": 1, "public": 1}
             assert opcodes(r.json()["events"]) == [306]
             await asyncio.sleep(0.3)
             assert not any(e["opcode"] == 302 and e["id"] == reassign["id"]
@@ -381,9 +384,10 @@ async def test_an_order_nobody_accepts_is_cancelled_and_refunded(
     platform (``not_accepted``) and refunded; a placed, unpaid order is left alone."""
     hub = seeded({"HUB_ACCEPT_TIMEOUT": "1"})
     async with http(hub) as c:
-        created = await place(c, "ord-late")
-        await step(c, "ord-late", "pay")
         await place(c, "ord-unpaid")
+        created = await place(c, "ord-late")
+        before = await writes(c)
+        await step(c, "ord-late", "pay")
 
         async def cancelled() -> list[Json]:
             got = await stream(c, "ord-late")
@@ -394,6 +398,8 @@ async def test_an_order_nobody_accepts_is_cancelled_and_refunded(
         assert events[2]["payload"] == {"by": "platform", "reason": "not_accepted"}
         assert events[3]["payload"]["amount"] == created["total"]
         assert (await stream(c, "ord-unpaid"))["orderStatus"] == "placed"
+        # the payment, then the cancel and the refund: nothing outside the streams DB
+        assert diff(before, await writes(c)) == {"streams": 3, "tenant": 0, "public": 0}
 
 
 async def test_overdue_orders_found_after_a_restart_are_acted_on_once(

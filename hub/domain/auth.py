@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import jwt
@@ -55,6 +55,8 @@ class Principal:
 
     tenant: str
     role: Role
+    # When the token it came from expires (unix seconds); None: never. Not part of who it is.
+    exp: float | None = field(default=None, compare=False)
 
     @property
     def is_platform(self) -> bool:
@@ -119,12 +121,13 @@ def _decode(secret: str, token: str | None) -> tuple[Principal, float | None]:
     sub, role = claims.get("sub"), claims.get("role")
     if not isinstance(sub, str) or not TENANT_ID_RE.match(sub):
         raise Unauthorized("token subject is not a valid tenant id", code="invalid_token")
+    exp = claims.get("exp")
+    expires = None if exp is None else float(exp)
     try:
-        who = Principal(sub, Role(str(role)))
+        who = Principal(sub, Role(str(role)), expires)
     except ValueError:
         raise Unauthorized(f"unknown role {role!r}", code="invalid_token") from None
-    exp = claims.get("exp")
-    return who, None if exp is None else float(exp)
+    return who, expires
 
 
 def authorize_read(who: Principal, info: StreamInfo | None) -> None:

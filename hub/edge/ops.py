@@ -62,7 +62,7 @@ _DRIVERS_ONLINE = (
     " AND length(p.workspaceId) <= 63"
     " ORDER BY p.workspaceId LIMIT ?"
 )
-_POSITION = "SELECT lat, lng FROM points WHERE nodeId = ? LIMIT 1"
+_POSITION = "SELECT lat, lng, seenAt FROM points WHERE nodeId = ? LIMIT 1"
 
 
 def _json(struct: msgspec.Struct, status: int = 200) -> Response:
@@ -227,24 +227,26 @@ class OpsHttp:
         drivers = []
         for driver, title, claim, lat, lng in rows[:limit]:
             fix = await self._fix(str(driver))
+            seen = None
             if fix is not None:
-                lat, lng = fix
+                lat, lng, seen = fix
             drivers.append(OnlineDriver(
                 driver=str(driver), name=None if title is None else str(title),
                 status="en-route" if claim is not None else "online",
                 orderId=None if claim is None else str(claim),
                 lat=_float(lat), lng=_float(lng),
+                lastSeen=None if seen is None else str(seen),
             ))  # fmt: skip
         return _json(OnlineDrivers(drivers, more))
 
-    async def _fix(self, driver: str) -> tuple[Any, Any] | None:
-        """The driver's freshest position, from its own DB (GPS lands there); None when
-        it has no DB (never created by reading) or no position."""
+    async def _fix(self, driver: str) -> tuple[Any, Any, Any] | None:
+        """The driver's freshest position and when it arrived, from its own DB (GPS lands
+        there); None when it has no DB (never created by reading) or no position."""
         if not self.tenants.exists(driver):
             return None
         r = await self.tenants.tenant(driver).execute(_POSITION, [driver])
         if r.rows and r.rows[0][0] is not None and r.rows[0][1] is not None:
-            return r.rows[0][0], r.rows[0][1]
+            return r.rows[0][0], r.rows[0][1], r.rows[0][2]
         return None
 
 

@@ -93,6 +93,8 @@ class OnlineDriver(Struct, forbid_unknown_fields=True):
     orderId: Annotated[str | None, Meta(description="The order it is claimed for, if any.")]
     lat: Annotated[float | None, Meta(description="The last fix (the driver's own DB).")]
     lng: float | None
+    lastSeen: Annotated[str | None, Meta(
+        description="When that fix arrived (ISO 8601); None before the first GPS fix.")]
 
 
 class OnlineDrivers(Struct, forbid_unknown_fields=True):
