@@ -445,6 +445,10 @@ async def test_find_streams(store: Store) -> None:
     assert await store.find_streams(member="c1") == ["ord-a"]
     assert await store.find_streams(member="d1", having=Opcode.TASK_ASSIGN) == ["ord-b"]
     assert await store.find_streams(limit=1) == ["ord-a"]
+    # several opcodes lacking: none of them
+    assert await store.find_streams(lacking=(Opcode.ORDER_DELIVER, Opcode.TASK_ASSIGN)) == []
+    assert await store.find_streams(lacking=(Opcode.ORDER_CANCEL, Opcode.TASK_ASSIGN)) == [
+        "ord-a"]  # fmt: skip
 
 
 async def test_stream_opcodes(store: Store) -> None:

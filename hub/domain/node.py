@@ -206,7 +206,8 @@ class Node:
         ``seq`` of its last one."""
         return await self.store.stream_opcodes(stream_id, among)
 
-    async def find_streams(self, *, having: int | None = None, lacking: int | None = None,
+    async def find_streams(self, *, having: int | None = None,
+                           lacking: int | Sequence[int] | None = None,
                            member: str | None = None, limit: int = 1000) -> list[str]:  # fmt: skip
         """Ids of live streams with an event of opcode ``having``, none of ``lacking``, and
         ``member`` among their members (each test skipped when None), oldest first."""

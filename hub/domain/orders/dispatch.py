@@ -178,10 +178,12 @@ class Dispatch:
         those never assigned, then those whose driver was taken off (a TASK_UNASSIGN;
         an order reassigned or cancelled since wants none and is passed over)."""
         waiting = await self.node.find_streams(
-            having=Opcode.TASK_DONE, lacking=Opcode.TASK_ASSIGN, limit=100
+            having=Opcode.TASK_DONE, lacking=(Opcode.TASK_ASSIGN, Opcode.ORDER_CANCEL),
+            limit=100,
         )
         waiting += await self.node.find_streams(
-            having=Opcode.TASK_UNASSIGN, lacking=Opcode.ORDER_SHIP, limit=100
+            having=Opcode.TASK_UNASSIGN, lacking=(Opcode.ORDER_SHIP, Opcode.ORDER_CANCEL),
+            limit=100,
         )
         for order_id in waiting:
             try:

@@ -70,11 +70,13 @@ class Timers:
         """Act once on every overdue order found (up to :data:`SWEEP_MAX` of each kind)."""
         if self.accept_timeout > 0:
             for order_id in await self.node.find_streams(
-                having=Opcode.INVOICE_PAYMENT, lacking=Opcode.TASK_CREATE, limit=SWEEP_MAX
+                having=Opcode.INVOICE_PAYMENT, lacking=(Opcode.TASK_CREATE, Opcode.ORDER_CANCEL),
+                limit=SWEEP_MAX,
             ):
                 await self._act(self.orders.not_accepted(order_id, self.accept_timeout), order_id)
         for order_id in await self.node.find_streams(
-            having=Opcode.TASK_ASSIGN, lacking=Opcode.ORDER_SHIP, limit=SWEEP_MAX
+            having=Opcode.TASK_ASSIGN, lacking=(Opcode.ORDER_SHIP, Opcode.ORDER_CANCEL),
+            limit=SWEEP_MAX,
         ):
             await self._act(
                 self.orders.unreachable(order_id, self._silent_for, self.driver_timeout), order_id

@@ -166,7 +166,7 @@ def select_opcodes(among: Sequence[int]) -> str:
 
 
 def find_streams_sql(
-    having: int | None, lacking: int | None, member: str | None, limit: int
+    having: int | None, lacking: int | Sequence[int] | None, member: str | None, limit: int
 ) -> tuple[str, list[Any]]:
     """The query behind :meth:`Store.find_streams` (shared by the implementations).
 
@@ -194,11 +194,11 @@ def find_streams_sql(
             "EXISTS (SELECT 1 FROM events e WHERE e.streamId = s.streamId AND e.opcode = ?)"
         )
         args.append(int(having))
-    if lacking is not None:
+    for opcode in (lacking,) if isinstance(lacking, int) else lacking or ():
         where.append(
             "NOT EXISTS (SELECT 1 FROM events e WHERE e.streamId = s.streamId AND e.opcode = ?)"
         )
-        args.append(int(lacking))
+        args.append(int(opcode))
     sql = (
         f"SELECT s.streamId FROM {source} WHERE " + " AND ".join(where)
         + " ORDER BY (SELECT MIN(pos) FROM events e WHERE e.streamId = s.streamId) LIMIT ?"
@@ -357,13 +357,13 @@ class Store(Protocol):
         self,
         *,
         having: int | None = None,
-        lacking: int | None = None,
+        lacking: int | Sequence[int] | None = None,
         member: str | None = None,
         limit: int = 1000,
     ) -> list[str]:
         """Ids of unarchived streams with an event of opcode ``having``, none of opcode
-        ``lacking``, and ``member`` among their members (each test skipped when None),
-        oldest first."""
+        ``lacking`` (one opcode or several), and ``member`` among their members (each test
+        skipped when None), oldest first."""
 
     async def ping(self) -> None:
         """Raise if the database does not answer."""

@@ -543,7 +543,7 @@ class FileStore:
         self,
         *,
         having: int | None = None,
-        lacking: int | None = None,
+        lacking: int | Sequence[int] | None = None,
         member: str | None = None,
         limit: int = 1000,
     ) -> list[str]:

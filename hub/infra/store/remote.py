@@ -442,7 +442,7 @@ class RemoteStore:
         self,
         *,
         having: int | None = None,
-        lacking: int | None = None,
+        lacking: int | Sequence[int] | None = None,
         member: str | None = None,
         limit: int = 1000,
     ) -> list[str]:
