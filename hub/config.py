@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import secrets
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hub.events import MAX_BATCH, MAX_PAYLOAD_BYTES
 
-__all__ = ["Settings", "SettingsError"]
+__all__ = ["Settings", "SettingsError", "check_tenant_admin"]
 
 
 class SettingsError(ValueError):
@@ -79,6 +80,28 @@ def _auto_flag(env: Mapping[str, str], name: str) -> bool | None:
     raise SettingsError(f"{name} must be 1, 0 or auto, got {raw!r}")
 
 
+def check_tenant_admin(admin_url: str, template: str) -> None:
+    """Refuse ``HUB_TENANT_ADMIN_URL`` unless it is an http(s) URL and ``template``
+    (``HUB_TENANT_DB``) names each tenant's sqld namespace: a remote URL whose host's first
+    label holds ``{tenant}`` (hub.infra.namespaces). The key (its password) is never shown."""
+    parts = urllib.parse.urlsplit(admin_url)
+    try:
+        parts.port  # noqa: B018 - a malformed port raises
+    except ValueError as exc:
+        raise SettingsError(f"HUB_TENANT_ADMIN_URL: {exc}") from None
+    if parts.scheme.lower() not in {"http", "https"} or not parts.hostname:
+        raise SettingsError("HUB_TENANT_ADMIN_URL must be an http:// or https:// URL (sqld's"
+                            " --admin-listen-addr)")  # fmt: skip
+    if template.partition(":")[0].lower() not in {"libsql", "wss", "ws", "https", "http"}:
+        raise SettingsError("HUB_TENANT_ADMIN_URL needs a remote HUB_TENANT_DB (ws://, wss://,"
+                            " http://, https:// or libsql://)")  # fmt: skip
+    label, dot, rest = urllib.parse.urlsplit(template).netloc.rpartition("@")[2].partition(".")
+    if "{tenant}" not in label or not dot or not rest.partition(":")[0]:
+        raise SettingsError("HUB_TENANT_ADMIN_URL needs HUB_TENANT_DB to name the tenant in the"
+                            " first label of its host (the namespace), e.g."
+                            " ws://{tenant}.db.internal:8080")  # fmt: skip
+
+
 def _load_or_create_secret(data_dir: Path) -> str:
     """Return the secret kept in ``data_dir/secret``, creating it once (0600)."""
     path = data_dir / "secret"
@@ -104,6 +127,9 @@ class Settings:
     streams_db: str = ""
     tenant_db: str = ""
     public_db: str = ""
+    # sqld's admin API creating each tenant DB's namespace on demand (hub.infra.namespaces);
+    # its password is the admin key, hence no repr.
+    tenant_admin_url: str | None = field(default=None, repr=False)
     db_auth_token: str | None = None
     redis_url: str | None = None
     redis_sharded: bool = False
@@ -111,6 +137,13 @@ class Settings:
     redis_prefix: str = "hub:"  # channel name prefix: one per deployment sharing a Redis
     archive_url: str = ""
     secret: str = field(default="", repr=False)
+    # Tokens from an identity provider (docs/protocol.md §2): RS256, ES256 and EdDSA tokens
+    # verified against this JWKS (hub.domain.auth.Jwks); iss and aud checked when set. An
+    # unknown kid refetches the JWKS, at most once every jwks_cooldown seconds.
+    jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwks_cooldown: float = 60.0
     archive_delay: float = 0.0
     delivery_fee: float = 5.00
     driver_payout: float = 12.00
@@ -120,6 +153,9 @@ class Settings:
     driver_timeout: float = 120.0
     accept_timeout: float = 900.0
     deliver_radius: float = 500.0
+    # Tracking (docs/protocol.md §5 "Tracking frames"): an assigned driver whose positions
+    # stop this long is announced `unreachable` to the order's subscribers.
+    presence_timeout: float = 30.0
     log_format: str = "text"  # HUB_LOG_FORMAT: text or json (hub.edge.logs)
 
     # Limits and timeouts (additions to the contract; docs/protocol.md §8). Each has an
@@ -135,6 +171,9 @@ class Settings:
     # closes the socket with 1009 above that.
     ws_max_frame_bytes: int = 64 << 10
     ws_max_per_token: int = 256  # open sockets per tenant and role
+    # Server-Sent Events (hub.edge.sse): a comment goes out on a response that sent nothing
+    # for this many seconds (proxies close idle responses). HUB_SSE_KEEPALIVE.
+    sse_keepalive: float = 15.0
     # Bytes of read pages (replays, GET /api/streams/{id} answers) one tenant may hold at
     # once; its further reads wait (hub.domain.sessions.ReadBudget).
     tenant_read_budget: int = 64 << 20
@@ -155,12 +194,21 @@ class Settings:
         if self.ws_max_frame_bytes > self.ws_max_size:
             raise SettingsError(f"HUB_WS_MAX_FRAME_BYTES ({self.ws_max_frame_bytes}) must not"
                                 f" exceed HUB_WS_MAX_SIZE ({self.ws_max_size})")  # fmt: skip
+        if self.jwks_url is not None and not self.jwks_url.lower().startswith(
+                ("http://", "https://")):  # fmt: skip
+            raise SettingsError(f"HUB_JWKS_URL must be an http:// or https:// URL,"
+                                f" got {self.jwks_url!r}")  # fmt: skip
+        if self.jwks_url is None and (self.jwt_issuer or self.jwt_audience):
+            raise SettingsError("HUB_JWT_ISSUER and HUB_JWT_AUDIENCE are checked on the tokens"
+                                " of HUB_JWKS_URL: set HUB_JWKS_URL too")  # fmt: skip
         # Fill the defaults that derive from data_dir.
         d = self.data_dir
         if not self.streams_db:
             object.__setattr__(self, "streams_db", f"file:{d / 'streams.db'}")
         if not self.tenant_db:
             object.__setattr__(self, "tenant_db", f"file:{d / 'tenants' / '{tenant}.db'}")
+        if self.tenant_admin_url is not None:
+            check_tenant_admin(self.tenant_admin_url, self.tenant_db)
         if not self.public_db:
             object.__setattr__(self, "public_db", f"file:{d / 'public.db'}")
         if not self.archive_url:
@@ -177,6 +225,7 @@ class Settings:
             streams_db=e.get("HUB_STREAMS_DB", ""),
             tenant_db=e.get("HUB_TENANT_DB", ""),
             public_db=e.get("HUB_PUBLIC_DB", ""),
+            tenant_admin_url=(e.get("HUB_TENANT_ADMIN_URL") or "").strip() or None,
             db_auth_token=e.get("HUB_DB_AUTH_TOKEN") or None,
             redis_url=e.get("HUB_REDIS_URL") or None,
             redis_sharded=(e.get("HUB_REDIS_SHARDED") or "").lower() in {"1", "true", "yes"},
@@ -184,12 +233,17 @@ class Settings:
             redis_prefix=e.get("HUB_REDIS_PREFIX") or "hub:",
             archive_url=e.get("HUB_ARCHIVE_URL", ""),
             secret=e.get("HUB_SECRET", ""),
+            jwks_url=(e.get("HUB_JWKS_URL") or "").strip() or None,
+            jwt_issuer=e.get("HUB_JWT_ISSUER") or None,
+            jwt_audience=e.get("HUB_JWT_AUDIENCE") or None,
+            jwks_cooldown=_float(e, "HUB_JWKS_COOLDOWN", 60.0, minimum=1),
             archive_delay=_float(e, "HUB_ARCHIVE_DELAY", 0.0),
             delivery_fee=_float(e, "HUB_DELIVERY_FEE", 5.00),
             driver_payout=_float(e, "HUB_DRIVER_PAYOUT", 12.00),
             driver_timeout=_float(e, "HUB_DRIVER_TIMEOUT", 120.0, minimum=0.1),
             accept_timeout=_float(e, "HUB_ACCEPT_TIMEOUT", 900.0, minimum=0),
             deliver_radius=_float(e, "HUB_DELIVER_RADIUS", 500.0, minimum=0),
+            presence_timeout=_float(e, "HUB_PRESENCE_TIMEOUT", 30.0, minimum=0.1),
             log_format=_choice(e, "HUB_LOG_FORMAT", ("text", "json")),
             max_body_bytes=_limit(e, "HUB_MAX_BODY_BYTES", 1 << 20, minimum=1024),
             max_payload_bytes=_limit(e, "HUB_MAX_PAYLOAD_BYTES", MAX_PAYLOAD_BYTES, minimum=2,
@@ -200,6 +254,7 @@ class Settings:
             ws_max_size=_limit(e, "HUB_WS_MAX_SIZE", 1 << 20, minimum=256),
             ws_max_per_token=_limit(e, "HUB_WS_MAX_PER_TENANT", 256, minimum=1),
             ws_stall_timeout=_float(e, "HUB_WS_STALL_TIMEOUT", 30.0),
+            sse_keepalive=_float(e, "HUB_SSE_KEEPALIVE", 15.0, minimum=0.05),
             tenant_read_budget=_limit(e, "HUB_TENANT_READ_BUDGET", 64 << 20, minimum=64 << 10),
             tenant_max_open=_int(e, "HUB_TENANT_MAX_OPEN", None),
             header_timeout=_float(e, "HUB_HEADER_TIMEOUT", 10.0),

@@ -45,6 +45,7 @@ EVENT_FIELDS = {
     "id", "streamId", "seq", "pos", "opcode", "name", "nodeId", "pointId", "delta", "payload", "ts",
 }  # fmt: skip
 LOCATION_FIELDS = {"type", "streamId", "driver", "lat", "lng", "ts"}
+ETA_FIELDS = {"etaSeconds", "distanceM", "stop"}  # to the next stop (docs/protocol.md §5)
 TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 # The steps after Step 1: endpoint, who, body (the seed's values), orderStatus answered.
@@ -392,7 +393,7 @@ async def test_seed_order_end_to_end(seeded: Callable[..., HubProcess]) -> None:
     locations = ali.of("location")
     assert [(f["lat"], f["lng"]) for f in locations] == rider.sent
     for frame in locations:
-        assert set(frame) == LOCATION_FIELDS, frame
+        assert set(frame) == LOCATION_FIELDS | ETA_FIELDS, frame
         assert (frame["streamId"], frame["driver"]) == (ORDER, "rami"), frame
         assert TS.fullmatch(frame["ts"]), frame
     assert kitchen.events() == events

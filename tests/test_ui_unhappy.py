@@ -323,7 +323,7 @@ def test_driver_declines_and_gets_the_next_order(
     idle again, the customer is told a driver is being found; the next order comes to him,
     and a delivery confirmed far from the drop-off is refused in words, then done there."""
     first = place(hub, "pay", "accept", "ready")
-    assert order(hub, first)["driver"] == "rami"
+    assert order(hub, first)["driver"]["id"] == "rami"  # docs/protocol.md §5 (tracking)
     driver = open_app(app_url(hub, "driver", DRIVER, "&gps=off"))
     customer = open_app(app_url(hub, "customer", CUSTOMER, query=f"?order={first}"))
     d, c = driver.page, customer.page

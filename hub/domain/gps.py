@@ -1,9 +1,10 @@
 """Driver positions (seed Steps 7 and 9): coalesced writes and live ``location`` frames.
 
 A ping updates only the driver's point in the driver's own tenant DB, never the
-streams DB. Pings less than ``interval`` apart are coalesced: the first is written at
-once, later ones wait in memory and the latest lands when the interval is up, so a
-driver costs at most one write per second. Every accepted ping also reaches the
+streams DB: its position and ``seenAt``, the fix's time (the ``ts`` of its ``location``
+frames), on the same row. Pings less than ``interval`` apart are coalesced: the first is
+written at once, later ones wait in memory and the latest lands when the interval is up,
+so a driver costs at most one write per second. Every accepted ping also reaches the
 subscribers of the driver's undelivered orders as a ``location`` frame (through the
 broker, so on every instance). Pings over ``max_rate`` per second per driver are
 dropped and counted, not queued.
@@ -13,6 +14,11 @@ starts at once and runs beside the fan-out. A driver has at most one write in fl
 a position due while one is (a disk slower than ``interval``) stays pending and is
 written, latest only, when it completes. The flusher starts the due writes without
 waiting for each, so one slow fsync does not hold back every other driver's.
+
+With a :class:`Tracker` (:class:`hub.domain.tracking.Tracking`) each fix is first handed
+to it: it refuses an impossible one (422, nothing written or sent), and makes the
+frames the fix sends (``location`` with the ETA to the next stop, ``presence``,
+``arriving``). Without one the ``location`` frames carry the position only.
 """
 
 from __future__ import annotations
@@ -21,10 +27,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections import deque
+from collections.abc import Sequence
 from functools import partial
+from typing import Protocol
 
+from hub.errors import Unprocessable
 from hub.events import Opcode, now_ts
 from hub.infra.broker import Broker, Notice
 from hub.infra.store import Store
@@ -32,12 +42,41 @@ from hub.infra.tenants import Tenants
 from hub.metrics import Metrics
 from hub.timing import DueQueue
 
-__all__ = ["Gps"]
+__all__ = ["Gps", "Tracker"]
 
 log = logging.getLogger("hub.gps")
 
 STREAMS_TTL = 1.0  # seconds a driver's list of open orders is cached
 MAX_TRACKED = 100_000  # drivers remembered at once (oldest forgotten first)
+
+
+class Stamped(Protocol):
+    @property
+    def ts(self) -> str: ...
+
+
+class Tracker(Protocol):
+    """What the GPS tells of each fix (:class:`hub.domain.tracking.Tracking`); its
+    lifecycle follows the GPS's."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def fix(self, driver: str, lat: float, lng: float,
+                  streams: Sequence[str]) -> tuple[Stamped, list[Notice]]:  # fmt: skip
+        """The fix (its ``ts``) and the notices it sends; raises
+        :class:`~hub.errors.Unprocessable` for an impossible one."""
+        ...
+
+
+def check_position(lat: float, lng: float) -> None:
+    """422 ``invalid_position`` unless (lat, lng) is a finite position on Earth."""
+    for name, value, limit in (("lat", lat, 90.0), ("lng", lng, 180.0)):
+        if not (isinstance(value, int | float) and math.isfinite(value)
+                and -limit <= value <= limit):  # fmt: skip
+            raise Unprocessable(f"{name} must be a number from {-limit:g} to {limit:g}",
+                                code="invalid_position")  # fmt: skip
 
 
 class Gps:
@@ -48,7 +87,9 @@ class Gps:
     """
 
     def __init__(self, tenants: Tenants, store: Store, broker: Broker, metrics: Metrics, *,
-                 interval: float = 1.0, max_rate: float = 20.0) -> None:  # fmt: skip
+                 interval: float = 1.0, max_rate: float = 20.0,
+                 tracker: Tracker | None = None) -> None:  # fmt: skip
+        self.tracker = tracker
         self.tenants = tenants
         self.store = store
         self.broker = broker
@@ -56,7 +97,7 @@ class Gps:
         self.interval = interval
         self.max_rate = max_rate
         self._last_write: dict[str, float] = {}
-        self._pending: dict[str, tuple[float, float]] = {}
+        self._pending: dict[str, tuple[float, float, str]] = {}  # lat, lng, seenAt
         self._due: DueQueue[str] = DueQueue()
         self._streams: dict[str, tuple[float, list[str]]] = {}
         self._window: dict[str, deque[float]] = {}  # driver -> times of pings in the last 1 s
@@ -64,10 +105,13 @@ class Gps:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        if self.tracker is not None:
+            await self.tracker.start()
         self._task = asyncio.create_task(self._flusher(), name="hub-gps-flusher")
 
     async def close(self) -> None:
-        """Stop the flusher, then write what is still pending (best effort)."""
+        """Stop the flusher, then write what is still pending (best effort); then the
+        tracker."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -75,9 +119,11 @@ class Gps:
                 await task
         await asyncio.gather(*self._writing.values(), return_exceptions=True)
         pending, self._pending = self._pending, {}
-        for driver, (lat, lng) in pending.items():
+        for driver, (lat, lng, ts) in pending.items():
             with contextlib.suppress(Exception):
-                await self._write(driver, lat, lng)
+                await self._write(driver, lat, lng, ts)
+        if self.tracker is not None:
+            await self.tracker.close()
 
     def _allowed(self, driver: str, now: float) -> bool:
         """A sliding one-second window: at most ``max_rate`` pings in any second."""
@@ -92,25 +138,38 @@ class Gps:
         return True
 
     async def ping(self, driver: str, lat: float, lng: float) -> bool:
-        """Take one position of ``driver``; False when dropped by the rate limit."""
+        """Take one position of ``driver``; False when dropped by the rate limit. Raises
+        :class:`~hub.errors.Unprocessable` for an impossible one (nothing written)."""
+        check_position(lat, lng)
         now = time.monotonic()
         if not self._allowed(driver, now):
             self.metrics.gps_dropped.inc()
             return False
+        streams = await self._streams_of(driver)
+        if self.tracker is not None:
+            fix, notices = await self.tracker.fix(driver, lat, lng, streams)
+            ts = fix.ts
+        else:
+            ts = now_ts()
+            notices = [Notice(stream_id, json.dumps({
+                "type": "location", "streamId": stream_id, "driver": driver,
+                "lat": lat, "lng": lng, "ts": ts})) for stream_id in streams]  # fmt: skip
         self.metrics.gps_pings.inc()
+        now = time.monotonic()
         last = self._last_write.get(driver)
         write = None
         if (last is None or now - last >= self.interval) and driver not in self._writing:
             self._last_write[driver] = now
             self._pending.pop(driver, None)
-            write = self._start_write(driver, lat, lng)
+            write = self._start_write(driver, lat, lng, ts)
         else:
             if driver not in self._pending and driver not in self._writing:
                 self._due.put(driver, (now if last is None else last) + self.interval)
-            self._pending[driver] = (lat, lng)  # a write in flight flushes it when done
+            self._pending[driver] = (lat, lng, ts)  # a write in flight flushes it when done
         self._forget_old(now)
         try:
-            await self._fan_out(driver, lat, lng)
+            for notice in notices:
+                self.broker.publish_notice(notice)
         finally:
             if write is not None:
                 try:
@@ -131,8 +190,8 @@ class Gps:
                 self._window.pop(d, None)
                 self._streams.pop(d, None)
 
-    def _start_write(self, driver: str, lat: float, lng: float) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(self._write(driver, lat, lng))
+    def _start_write(self, driver: str, lat: float, lng: float, ts: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(self._write(driver, lat, lng, ts))
         self._writing[driver] = task
         task.add_done_callback(partial(self._written, driver))
         return task
@@ -146,28 +205,23 @@ class Gps:
             due = self._last_write.get(driver, 0.0) + self.interval
             self._due.put(driver, max(time.monotonic(), due))
 
-    async def _write(self, driver: str, lat: float, lng: float) -> None:
+    async def _write(self, driver: str, lat: float, lng: float, ts: str) -> None:
         db = self.tenants.tenant(driver)
-        # seenAt: when the driver was last heard of (within the interval of its latest
-        # ping), on the same row, so a ping still writes one row.
+        # seenAt: the fix's time, on the same row, so a ping still writes one row.
         await db.execute("UPDATE points SET lat = ?, lng = ?, seenAt = ? WHERE nodeId = ?",
-                         [lat, lng, now_ts(), driver])  # fmt: skip
+                         [lat, lng, ts, driver])  # fmt: skip
 
-    async def _fan_out(self, driver: str, lat: float, lng: float) -> None:
+    async def _streams_of(self, driver: str) -> list[str]:
+        """The driver's undelivered orders (cached for :data:`STREAMS_TTL` seconds)."""
         now = time.monotonic()
         cached = self._streams.get(driver)
-        if cached is None or cached[0] < now:
-            streams = await self.store.find_streams(
-                having=Opcode.TASK_ASSIGN, lacking=Opcode.ORDER_DELIVER, member=driver, limit=20
-            )
-            self._streams[driver] = (now + STREAMS_TTL, streams)
-        else:
-            streams = cached[1]
-        ts = now_ts()
-        for stream_id in streams:
-            frame = json.dumps({"type": "location", "streamId": stream_id, "driver": driver,
-                                "lat": lat, "lng": lng, "ts": ts})  # fmt: skip
-            self.broker.publish_notice(Notice(stream_id, frame))
+        if cached is not None and cached[0] >= now:
+            return cached[1]
+        streams = await self.store.find_streams(
+            having=Opcode.TASK_ASSIGN, lacking=Opcode.ORDER_DELIVER, member=driver, limit=20
+        )
+        self._streams[driver] = (now + STREAMS_TTL, streams)
+        return streams
 
     def forget(self, driver: str) -> None:
         """Drop the cached order list of ``driver`` (after an assignment or delivery)."""

@@ -65,7 +65,7 @@ class Node:
     ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.tokens = TokenCache(settings.secret)
+        self.tokens = TokenCache.from_settings(settings)  # HUB_SECRET, HUB_JWKS_URL
         # Read directly by hub.domain.orders until it reads through read_events.
         self.store = store
         self.archive = archive

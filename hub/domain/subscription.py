@@ -10,6 +10,12 @@ once and in order (docs/protocol.md §5). The order of work is what makes resume
 3. then comes the ``live`` frame, then each live event as it is offered, skipping
    anything at or below the last ``seq``/``pos`` sent.
 
+A stream subscription is also made known to the instance's tracking
+(:class:`~hub.domain.tracking.Tracking`): it offers the driver's position (and his
+presence, when he is unreachable) as notices, which go out right after ``live``, and
+watches the order while the subscription is open. ``presence`` and ``arriving`` notices
+go out once per change (:func:`~hub.domain.tracking.once`), whichever instance sent them.
+
 Overflow policy: a subscriber whose queue fills (``queue_max`` live events) has its queued
 events dropped and is fed from the log at the pace its transport sends (it loses
 nothing). A gap in a stream's live events (a ``seq`` jump) and a broker's resync (Redis
@@ -56,6 +62,7 @@ from hub.domain.archiver import archived_frame
 from hub.domain.auth import Principal
 from hub.domain.node import Node
 from hub.domain.sessions import EVENT_MAX, ReadBudget, clip
+from hub.domain.tracking import ONCE_PREFIXES, Tracking, once
 from hub.events import Event, Opcode
 from hub.infra.broker import Message, Notice, inbox_channel, stream_channel
 
@@ -77,10 +84,10 @@ class Subscription:
     dropped once sent (most subscribers wait far longer than they receive).
     """
 
-    __slots__ = ("_announced", "_budget", "_held", "_limit", "_page", "_waiter", "end_code",
-                 "ended", "fallback", "final", "hints_only", "joined", "last", "node",
-                 "notices", "owner", "pending", "queue", "queue_max", "resynced",
-                 "stream_id", "tenant")  # fmt: skip
+    __slots__ = ("_announced", "_budget", "_held", "_limit", "_once", "_page", "_tracking",
+                 "_waiter", "end_code", "ended", "fallback", "final", "hints_only", "joined",
+                 "last", "node", "notices", "owner", "pending", "queue", "queue_max",
+                 "resynced", "stream_id", "tenant")  # fmt: skip
 
     def __init__(
         self,
@@ -120,6 +127,10 @@ class Subscription:
         # Inbox events of several instances may arrive out of pos order: read them
         # from the log (in pos order) instead of trusting the live order.
         self.hints_only = stream_id is None and not node.ordered
+        # Tracking (hub.domain.tracking): the instance's, told of this stream subscription's
+        # opening and closing; the presence and arriving frames sent (each change once).
+        self._tracking: Tracking | None = None
+        self._once: dict[str, tuple[str, str]] | None = None
 
     @property
     def channel(self) -> str:
@@ -133,6 +144,9 @@ class Subscription:
         (a cancelled writer's frames, until its task is freed); give back the budget."""
         self._page = self.queue = self.notices = None
         self.release()
+        tracking, self._tracking = self._tracking, None
+        if tracking is not None:
+            tracking.closed(self)
         await self.node.unsubscribe(self.channel, self)
 
     def release(self) -> None:
@@ -228,8 +242,14 @@ class Subscription:
                 self.last = key
                 self._check_left(event)
                 return event.frame
-        if self.notices:
-            return self.notices.popleft().frame
+        while self.notices:
+            frame = self.notices.popleft().frame
+            if frame.startswith(ONCE_PREFIXES):  # presence, arriving: once per change
+                if self._once is None:
+                    self._once = {}
+                if not once(frame, self._once):
+                    continue
+            return frame
         if self.final is not None:
             self.ended = True
             return self.final.frame
@@ -314,6 +334,11 @@ async def open_stream(
     if info is not None and info.archived:
         sub.offer(Notice(stream_id, archived_frame(stream_id), final=True))
     await node.subscribe(sub.channel, sub)
+    tracking = Tracking.of(node)
+    if tracking is not None and (info is None or not info.archived):
+        # The driver's position (and presence) right after `live`; the order watched.
+        sub._tracking = tracking
+        tracking.opened(sub)
     return sub
 
 

@@ -16,28 +16,33 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hub.config import Settings
 from hub.domain.archiver import Archiver
+from hub.domain.auth import TokenCache
 from hub.domain.gps import Gps
 from hub.domain.node import Node
 from hub.domain.orders import Orders
 from hub.domain.orders.timers import Timers
 from hub.domain.sessions import Sessions
-from hub.edge.append import AppendEndpoint
+from hub.domain.tracking import Tracking
+from hub.edge.append import AppendEndpoint, bearer_token
 from hub.edge.http import StaticPages, error_handlers
 from hub.edge.logs import adopt_server_logging, install_filters, log_startup
 from hub.edge.ops import OpsHttp, timed
 from hub.edge.orders import STEPS, OrdersHttp
 from hub.edge.restaurants import RestaurantsHttp
+from hub.edge.sse import InboxEvents, StreamEvents
 from hub.edge.streams import StreamsHttp
 from hub.edge.ws import InboxEndpoint, StreamEndpoint
 from hub.infra.archive import open_archive
 from hub.infra.broker import Broker, MemoryBroker
+from hub.infra.claims import Claims, MemoryClaims, RedisClaims
 from hub.infra.store import open_store
 from hub.infra.tenants import Tenants
 from hub.metrics import Metrics
@@ -79,8 +84,18 @@ class Parts:
         node = Node(settings, store=store, broker=broker, archive=archive, metrics=metrics)
         tenants = Tenants(settings.tenant_db, settings.public_db,
                           auth_token=settings.db_auth_token, metrics=metrics,
-                          max_open=settings.tenant_max_open)  # fmt: skip
-        gps = Gps(tenants, store, broker, metrics)
+                          max_open=settings.tenant_max_open,
+                          admin_url=settings.tenant_admin_url,
+                          other_dbs=(settings.streams_db,))  # fmt: skip
+        claims: Claims
+        if settings.redis_url:
+            claims = RedisClaims(settings.redis_url, prefix=settings.redis_prefix,
+                                 cluster=settings.redis_cluster and settings.redis_sharded)
+        else:
+            claims = MemoryClaims()
+        tracking = Tracking(node, tenants, broker, claims=claims,
+                            presence_timeout=settings.presence_timeout)  # fmt: skip
+        gps = Gps(tenants, store, broker, metrics, tracker=tracking)
         archiver = Archiver(store, archive, broker, metrics, delay=settings.archive_delay)
         orders = Orders(node, tenants, archiver=archiver, gps=gps)
         sessions = Sessions(max_per_subject=settings.ws_max_per_token,
@@ -140,6 +155,15 @@ def routes(parts: Parts, settings: Settings) -> list[BaseRoute]:
         WebSocketRoute("/ws/streams/{stream_id}",
                        StreamEndpoint(node, parts.sessions, parts.gps, settings)),
         WebSocketRoute("/ws/inbox", InboxEndpoint(node, parts.sessions, parts.gps, settings)),
+        # The same subscriptions as Server-Sent Events (docs/protocol.md §5). A Mount: they
+        # are the WebSocket protocol on another transport, described with it in
+        # /asyncapi.json, not operations of /openapi.json (whose fuzzing cannot read a
+        # response that never ends).
+        Mount("/sse", routes=[
+            Route("/streams/{stream_id}", StreamEvents(node, parts.sessions, settings),
+                  methods=["GET"]),
+            Route("/inbox", InboxEvents(node, parts.sessions, settings), methods=["GET"]),
+        ]),
         # The order flow (the seed's Steps 1-10), menus and drivers.
         Route("/api/orders", orders.create, methods=["POST"]),
         *(Route(f"/api/orders/{{order_id}}/{name}", orders.step(name), methods=["POST"])
@@ -166,11 +190,14 @@ def routes(parts: Parts, settings: Settings) -> list[BaseRoute]:
     ])  # every HTTP route timed into hub_http_request_duration_seconds{route, method}
 
 
-# Served ahead of the router (see _Hub): appends (every write) and the WebSocket paths.
+# Served ahead of the router (see _Hub), by method ("websocket" for a socket): appends
+# (every write), the WebSocket paths and the event streams (GET, and its HEAD).
 FAST_PATHS = {
-    ("http", "/api/streams/{stream_id}/events"),
+    ("POST", "/api/streams/{stream_id}/events"),
     ("websocket", "/ws/streams/{stream_id}"),
     ("websocket", "/ws/inbox"),
+    ("GET", "/sse/streams/{stream_id}"),
+    ("GET", "/sse/inbox"),
 }
 
 
@@ -187,7 +214,7 @@ def create_app(settings: Settings, *, static_dir: Path | None = STATIC_DIR) -> S
             yield
 
     table = routes(parts, settings)
-    application = _Hub(routes=table, lifespan=lifespan,
+    application = _Hub(routes=table, lifespan=lifespan, tokens=parts.node.tokens,
                        exception_handlers=error_handlers(parts.node.metrics))  # fmt: skip
     application.router.redirect_slashes = False  # a path is found as it is written, or not
     if static_dir is not None and static_dir.is_dir():
@@ -208,8 +235,7 @@ class _FastRoute:
     app: ASGIApp
 
     @classmethod
-    def of(cls, kind: str, route: Route | WebSocketRoute) -> _FastRoute:
-        path = route.path
+    def of(cls, kind: str, path: str, route: Route | WebSocketRoute) -> _FastRoute:
         if "{" not in path:
             return cls(kind, path, "", None, route.app)
         prefix, rest = path.split("{", 1)
@@ -232,32 +258,60 @@ class _FastRoute:
         return True
 
 
+def _flat(table: list[BaseRoute], prefix: str = "") -> list[tuple[str, BaseRoute]]:
+    """Every route of ``table`` with its full path, those of its mounts included."""
+    found: list[tuple[str, BaseRoute]] = []
+    for route in table:
+        if isinstance(route, Mount):
+            found += _flat(route.routes, prefix + route.path)
+        elif isinstance(route, Route | WebSocketRoute):
+            found.append((prefix + route.path, route))
+    return found
+
+
 class _Hub(Starlette):
     """Starlette, with the hot paths served straight from ``__call__``.
 
-    Appending events (every write) and the two WebSocket paths (a socket lives for hours)
-    go around the router and the middleware stack: that is a third of an append's CPU
-    (bench scenario E) and ~2 KB of every socket's memory (scenario D). Everything else,
-    including other methods on those paths, goes through Starlette.
+    Appending events (every write), the two WebSocket paths and the two event streams (a
+    socket or a response lives for hours) go around the router and the middleware stack:
+    that is a third of an append's CPU (bench scenario E) and ~2 KB of every socket's
+    memory (scenario D); an event stream gets uvicorn's own ``send`` (hub.edge.sse).
+    Everything else, including other methods on those paths, goes through Starlette.
     """
 
-    def __init__(self, *, routes: list[BaseRoute], **options: Any) -> None:
+    def __init__(self, *, routes: list[BaseRoute], tokens: TokenCache,
+                 **options: Any) -> None:  # fmt: skip
         super().__init__(routes=routes, **options)
-        self._fast: dict[str, list[_FastRoute]] = {"http": [], "websocket": []}
-        for route in routes:
-            if isinstance(route, Route) and ("http", route.path) in FAST_PATHS:
-                assert route.methods == {"POST"}, "a fast HTTP route is POST only"
-                self._fast["http"].append(_FastRoute.of("http", route))
-            elif isinstance(route, WebSocketRoute) and ("websocket", route.path) in FAST_PATHS:
-                self._fast["websocket"].append(_FastRoute.of("websocket", route))
+        # With HUB_JWKS_URL, a request whose token names a key not fetched yet waits for
+        # the JWKS here (in a thread, hub.domain.auth.Jwks), before any handler verifies
+        # the token synchronously. WebSockets do it themselves (hub.edge.ws).
+        self._jwks_tokens = tokens if tokens.jwks is not None else None
+        # By HTTP method, or "websocket": a GET route's HEAD goes with it.
+        self._fast: dict[str, list[_FastRoute]] = {}
+        for path, route in _flat(routes):
+            assert isinstance(route, Route | WebSocketRoute)
+            kinds = {"websocket"} if isinstance(route, WebSocketRoute) else route.methods or set()
+            for kind in sorted(kinds):
+                if ("GET" if kind == "HEAD" else kind, path) in FAST_PATHS:
+                    self._fast.setdefault(kind, []).append(_FastRoute.of(kind, path, route))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "websocket" or (kind == "http" and scope["method"] == "POST"):
-            for route in self._fast[kind]:
-                if route.match(scope):
-                    return await route.app(scope, receive, send)
+        if kind == "http" and self._jwks_tokens is not None:
+            await self._jwks_tokens.prepare(_offered_token(scope))
+        for route in self._fast.get(scope["method"] if kind == "http" else kind, ()):
+            if route.match(scope):
+                return await route.app(scope, receive, send)
         await super().__call__(scope, receive, send)
+
+
+def _offered_token(scope: Scope) -> str | None:
+    """The token a request offers: ``Authorization: Bearer``, else ``?token=`` (SSE)."""
+    found = bearer_token(scope)
+    if found is None and b"token=" in scope.get("query_string", b""):
+        query = parse_qs(scope["query_string"].decode("latin-1"))
+        found = query.get("token", [None])[-1]
+    return found
 
 
 class _FromEnvironment:

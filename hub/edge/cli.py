@@ -42,6 +42,8 @@ ENVIRONMENT: tuple[tuple[str, str, str], ...] = (
     ("HUB_TENANT_DB", "file:$HUB_DATA_DIR/tenants/{tenant}.db",
      "tenant DB URL template, {tenant} replaced by the tenant id"),
     ("HUB_PUBLIC_DB", "file:$HUB_DATA_DIR/public.db", "the public discovery DB"),
+    ("HUB_TENANT_ADMIN_URL", "none (tenant DBs must exist)",
+     "sqld's admin API: creates a tenant DB's namespace on demand, http://[:KEY@]host:port"),
     ("HUB_DB_AUTH_TOKEN", "none", "auth token for remote libSQL URLs"),
     ("HUB_REDIS_URL", "none (this process only)", "Redis linking instances (redis extra)"),
     ("HUB_REDIS_SHARDED", "0", "1: Redis 7 sharded pub/sub (SSUBSCRIBE/SPUBLISH)"),
@@ -50,17 +52,24 @@ ENVIRONMENT: tuple[tuple[str, str, str], ...] = (
     ("HUB_ARCHIVE_URL", "file://$HUB_DATA_DIR/archive",
      "where finished streams go: file:///path or s3://bucket/prefix (s3 extra)"),
     ("HUB_SECRET", "generated into $HUB_DATA_DIR/secret", "HS256 key for tokens"),
+    ("HUB_JWKS_URL", "none (HS256 tokens only)",
+     "an identity provider's JWKS: RS256, ES256 and EdDSA tokens verified with its keys"),
+    ("HUB_JWT_ISSUER", "none (not checked)", "with HUB_JWKS_URL: the iss those tokens need"),
+    ("HUB_JWT_AUDIENCE", "none (not checked)", "with HUB_JWKS_URL: the aud those tokens need"),
+    ("HUB_JWKS_COOLDOWN", "60", "least seconds between two fetches of the JWKS"),
     ("HUB_ARCHIVE_DELAY", "0", "seconds after delivery before a stream is archived"),
     ("HUB_DELIVERY_FEE", "5.00", "added to every order's total"),
     ("HUB_DRIVER_PAYOUT", "12.00", "paid to the driver per delivery"),
     ("HUB_DRIVER_TIMEOUT", "120", "seconds a silent assigned driver keeps an order"),
     ("HUB_ACCEPT_TIMEOUT", "900", "seconds a paid order waits for a kitchen (0: never)"),
     ("HUB_DELIVER_RADIUS", "500", "metres from the drop-off deliver is accepted"),
+    ("HUB_PRESENCE_TIMEOUT", "30", "seconds without a position before a driver is unreachable"),
     ("HUB_LOG_FORMAT", "text", "text or json (one JSON object per line)"),
     ("HUB_ALLOWED_ORIGINS", "the hub's own origin",
      "browser origins allowed to open WebSockets, comma-separated, * for any"),
     ("HUB_TENANT_MAX_OPEN", "4096, fitted to the open-file limit", "tenant DBs kept open"),
     ("HUB_WS_STALL_TIMEOUT", "30", "seconds a socket may drain nothing before close 4008"),
+    ("HUB_SSE_KEEPALIVE", "15", "seconds an event stream may send nothing before a comment"),
     ("HUB_HEADER_TIMEOUT", "10", "seconds for a request's line and headers"),
     ("HUB_BODY_TIMEOUT", "30", "seconds for a request's body after its headers"),
     ("HUB_KEEP_ALIVE_TIMEOUT", "5", "whole seconds an idle connection is kept"),
@@ -180,7 +189,8 @@ async def _seed_async(settings: Settings) -> None:
     from hub.domain.seed import load_seed
     from hub.infra.tenants import Tenants
 
-    tenants = Tenants(settings.tenant_db, settings.public_db, auth_token=settings.db_auth_token)
+    tenants = Tenants(settings.tenant_db, settings.public_db, auth_token=settings.db_auth_token,
+                      admin_url=settings.tenant_admin_url, other_dbs=(settings.streams_db,))
     try:
         await load_seed(tenants)
     finally:

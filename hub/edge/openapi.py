@@ -351,8 +351,9 @@ def _document() -> dict[str, Any]:
             "title": "hub",
             "version": "0.1.0",
             "description": "A real-time stream hub for delivery platforms (see docs/protocol.md)."
-            ' Errors are {"error": {"code", "message"}}. The WebSocket protocol is described'
-            " at /asyncapi.json.",
+            ' Errors are {"error": {"code", "message"}}. The WebSocket protocol, and the same'
+            " subscriptions as Server-Sent Events (GET /sse/streams/{streamId}, GET /sse/inbox),"
+            " are described at /asyncapi.json.",
         },
         "paths": paths,
         "components": {

@@ -8,8 +8,14 @@ overflow policy, gap fill, the archived end). This module is the WebSocket aroun
    take a place under the principal's cap (:class:`~hub.domain.sessions.Sessions`);
 2. open the subscription (:func:`~hub.domain.subscription.open_stream` /
    :func:`~hub.domain.subscription.open_inbox`: it authorizes and subscribes);
-3. run a reader (client frames: ``ping``, a driver's ``location``) and a writer (the
-   subscription's frames, and pongs and error frames first) until either ends.
+3. run a reader (client frames: ``ping``, a driver's ``location``, ``auth``) and a writer
+   (the subscription's frames, and pongs and error frames first) until either ends.
+
+A socket lives on its token: one whose token expires is closed with 4401 within 1 s of
+``exp`` (a timer per socket, a :class:`asyncio.TimerHandle` that the connection arms when
+it starts, re-arms on each refresh and cancels when it ends) unless the client sent a new
+one in an ``auth`` frame (same ``sub`` and ``role``; another is closed 4403, one that does
+not verify 4401), answered ``{"type": "auth", "exp"}``.
 
 Each connection has one writer task; the reader runs in the socket's own task, and a
 stall check (one sweeper for every socket, owned by :class:`Sessions`) closes a socket
@@ -42,12 +48,10 @@ import contextlib
 import json
 import logging
 import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import Any, Protocol, cast
-from urllib.parse import parse_qs
+from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
@@ -58,6 +62,12 @@ from hub.domain.node import Node
 from hub.domain.sessions import Sessions
 from hub.domain.subscription import Subscription, open_inbox, open_stream
 from hub.edge.append import bearer_token
+from hub.edge.conn import LINGER_RESET, parse_cursor
+from hub.edge.conn import Transport as _Transport
+from hub.edge.conn import client_gone as _client_gone
+from hub.edge.conn import gone as _gone
+from hub.edge.conn import query_params as _query
+from hub.edge.conn import transport_of as _transport_of
 from hub.errors import CloseCode, Forbidden, HubError, Unprocessable
 from hub.events import check_stream_id
 
@@ -75,7 +85,6 @@ CLOSE_WAIT = 60.0
 CLOSE_GRACE_MIN = 10.0  # over uvicorn's 10 s wait for the client's answer to a close
 REAP_POLL = (0.05, 1.0)  # seconds between two looks at a closing socket: first, at most
 YIELD_EVERY = 64  # frames a writer sends before letting other tasks run
-LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
 
 
 class _Closed(Exception):
@@ -87,34 +96,14 @@ class _Closed(Exception):
         self.reason = reason
 
 
-class _Transport(Protocol):
-    """What the hub uses of a connection's transport (asyncio's or uvloop's)."""
-
-    def is_closing(self) -> bool: ...
-    def get_write_buffer_size(self) -> int: ...
-    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
-    def close(self) -> None: ...
-    def abort(self) -> None: ...
-
-
-def _transport_of(send: Send) -> _Transport | None:
-    """The socket's transport under uvicorn, whose ``send`` is a method of its WebSocket
-    protocol (websockets, websockets-sansio and wsproto alike keep the transport in
-    ``transport``); None under another server or a wrapped ``send`` (uvicorn's trace
-    logging): then the hub relies on the server to end its connections."""
-    transport = getattr(getattr(send, "__self__", None), "transport", None)
-    if transport is None or not hasattr(transport, "abort"):
-        return None
-    return cast(_Transport, transport)
-
-
-def _gone(transport: _Transport) -> bool:
-    """Closed with nothing left to send: the descriptor is released at once."""
-    return transport.is_closing() and not transport.get_write_buffer_size()
-
-
 def error_frame(code: str, message: str) -> str:
     return json.dumps({"type": "error", "error": {"code": code, "message": message}})
+
+
+def auth_frame(exp: float | None) -> str:
+    """The answer to an ``auth`` frame: the new token's ``exp`` (whole seconds as an int)."""
+    value = None if exp is None else int(exp) if exp == int(exp) else exp
+    return json.dumps({"type": "auth", "exp": value})
 
 
 def _bytes_text(n: int) -> str:
@@ -140,9 +129,9 @@ class Connection:
     stopped: the writer is cancelled and awaited; a writer that ends interrupts the reader.
     """
 
-    __slots__ = ("_drained", "_interrupted", "_reading", "_receive", "_send", "_sent", "_task",
-                 "_writer", "control", "endpoint", "sending_since", "stalled", "sub",
-                 "who")  # fmt: skip
+    __slots__ = ("_drained", "_expiry", "_interrupted", "_reading", "_receive", "_send",
+                 "_sent", "_task", "_writer", "control", "endpoint", "expired",
+                 "sending_since", "stalled", "sub", "who")  # fmt: skip
 
     def __init__(self, endpoint: _Endpoint, who: Principal, sub: Subscription, send: Send,
                  receive: Receive) -> None:  # fmt: skip
@@ -160,6 +149,8 @@ class Connection:
         self._reading = False
         self._interrupted = False
         self._sent = 0
+        self._expiry: asyncio.TimerHandle | None = None  # closes at who.exp (see _arm)
+        self.expired = False
 
     async def send(self, frame: str) -> None:
         self.sending_since = time.monotonic()
@@ -188,6 +179,34 @@ class Connection:
         transport = _transport_of(self._send)
         if transport is not None and transport.is_closing():
             writer.cancel()
+
+    def _arm(self) -> None:
+        """(Re)start the timer that closes the socket with 4401 at its token's ``exp``."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        exp = self.who.exp
+        if exp is not None:
+            loop = asyncio.get_running_loop()
+            self._expiry = loop.call_later(max(0.0, exp - time.time()), self._expire)
+
+    def _disarm(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
+    def _expire(self) -> None:
+        """The token's ``exp`` has come: end the connection (4401, see :meth:`run`)."""
+        self._expiry = None
+        exp = self.who.exp
+        if exp is not None and exp > time.time():  # the loop's clock ran ahead of the wall
+            self._arm()
+            return
+        writer = self._writer
+        if exp is None or self.expired or writer is None:
+            return
+        self.expired = True
+        writer.cancel()
 
     def push_control(self, frame: str) -> None:
         if self.control is None:
@@ -272,10 +291,31 @@ class Connection:
                 await self.endpoint.gps.ping(self.who.tenant, lat, lng)
             except HubError as exc:
                 self.push_control(error_frame(exc.code, exc.message))
+        elif kind == "auth":
+            await self.refresh(frame.get("token"))
         else:
             self.push_control(
-                error_frame("unknown_frame", "expected a JSON object with type ping|location")
+                error_frame("unknown_frame", "expected a JSON object with type ping|location|auth")
             )
+
+    async def refresh(self, token: object) -> None:
+        """An ``auth`` frame: run on ``token`` from now on (docs/protocol.md §5).
+
+        Raises :class:`_Closed`: 4401 when it does not verify, 4403 when it is another
+        tenant's or role's. Without a usable token the client gets an error frame and the
+        socket keeps its token (and its expiry)."""
+        if not isinstance(token, str) or not token:
+            self.push_control(error_frame("invalid_frame", "auth needs a token (a string)"))
+            return
+        try:
+            who = await self.endpoint.tokens.authenticate(token)
+        except HubError:
+            raise _Closed(CloseCode.UNAUTHORIZED, "token refused") from None
+        if who.tenant != self.who.tenant or who.role is not self.who.role:
+            raise _Closed(CloseCode.FORBIDDEN, "a token of another tenant or role")
+        self.who = who
+        self._arm()
+        self.push_control(auth_frame(who.exp))
 
     def _writer_ended(self, _: asyncio.Task[None]) -> None:
         if self._reading and self._task is not None:
@@ -292,6 +332,7 @@ class Connection:
         writer = self._writer = asyncio.create_task(self.writer(), name="ws-writer")
         writer.add_done_callback(self._writer_ended)
         self.endpoint.sessions.watch(self)
+        self._arm()
         code: int | None = None
         self._reading = True
         try:
@@ -305,6 +346,7 @@ class Connection:
             code = self._failed(exc)
         finally:
             self._reading = False
+            self._disarm()
             self.endpoint.sessions.unwatch(self)
             writer.remove_done_callback(self._writer_ended)
             writer.cancel()
@@ -317,6 +359,8 @@ class Connection:
             del writer, task
         if self.stalled:
             return int(CloseCode.STALLED)
+        if self.expired:
+            return int(CloseCode.UNAUTHORIZED)
         if code is None:
             if isinstance(ended, _Closed):
                 return ended.code
@@ -330,18 +374,6 @@ class Connection:
             return None
         log.error("connection task failed", exc_info=exc)
         return int(CloseCode.INTERNAL_ERROR)
-
-
-def _client_gone(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) or type(exc).__name__ in {
-        "ClientDisconnected",
-        "WebSocketDisconnect",
-    }
-
-
-def _query(scope: Scope) -> dict[str, str]:
-    raw = scope.get("query_string", b"").decode("latin-1")
-    return {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
 
 
 def origin_allowed(scope: Scope, allowed: tuple[str, ...]) -> bool:
@@ -477,19 +509,19 @@ class _Endpoint:
             return int(CloseCode.FORBIDDEN)
         query = _query(scope)
         try:
-            who = self.tokens.principal(bearer_token(scope) or query.get("token") or None)
+            who = await self.tokens.authenticate(bearer_token(scope) or query.get("token") or None)
         except HubError:
             return int(CloseCode.UNAUTHORIZED)
         if not self.sessions.admit(who):
             return int(CloseCode.TOO_MANY)
-        raw_since = query.get("since", "0") or "0"
-        if not (raw_since.isascii() and raw_since.isdigit()) or len(raw_since) > 18:
+        since = parse_cursor(query.get("since", "0") or "0")
+        if since is None:
             self.sessions.release(who)
             frame = error_frame("invalid_since", "since must be an integer >= 0")
             await send({"type": "websocket.send", "text": frame})
             return int(CloseCode.POLICY_VIOLATION)
         try:
-            sub = await self.open(who, scope, int(raw_since))
+            sub = await self.open(who, scope, since)
         except HubError as exc:
             self.sessions.release(who)
             refused = exc.status in (400, 403, 404)

@@ -7,6 +7,12 @@ busy timeout) whose statements run on a small shared thread pool, one at a time 
 database, so the event loop never waits on disk; remote libSQL URLs go through
 libsql-client (the ``turso`` extra), where a batch is one round trip.
 
+A remote tenant DB on a server that creates databases on demand (sqld's namespaces,
+:mod:`hub.infra.namespaces`) is created by the first statement that would change a row; until
+then a statement that changes nothing (a read, an UPDATE that finds no row) answers what an
+empty database answers, computed on an empty in-memory one (:func:`empty_run`), and creates
+nothing.
+
 A batch is all or nothing. A statement can make its batch fail on purpose with
 :func:`guard` (``SELECT CASE WHEN changes() = 1 THEN 1 ELSE json('...') END``), which is
 how a conditional UPDATE ("only if enough stock") aborts the whole batch on both kinds.
@@ -33,11 +39,13 @@ __all__ = [
     "DatabaseError",
     "FileDatabase",
     "GuardFailed",
+    "Namespace",
     "RemoteDatabase",
     "Result",
     "Stmt",
     "WriteCounter",
     "WriteHealth",
+    "empty_run",
     "guard",
     "open_database",
 ]
@@ -123,6 +131,16 @@ class Result:
     rowcount: int
 
 
+class Namespace(Protocol):
+    """A remote database that exists once created (a tenant's namespace on sqld)."""
+
+    async def exists(self) -> bool:
+        """Whether it exists (asking creates nothing)."""
+
+    async def create(self) -> None:
+        """Create it; one that exists already is no error."""
+
+
 class Database(Protocol):
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> Result:
         """Run one statement (autocommit)."""
@@ -132,6 +150,36 @@ class Database(Protocol):
 
     async def close(self) -> None:
         """Release the connection. Idempotent."""
+
+
+def empty_run(schema: Sequence[str], stmts: Sequence[Stmt]) -> tuple[list[Result], bool]:
+    """What ``stmts`` answer (as a batch) on an empty database made by ``schema``, and
+    whether they changed it; the database is in memory and gone afterwards. Guards and
+    errors are raised as a real database raises them."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        for ddl in schema:
+            try:
+                conn.execute(ddl)
+            except sqlite3.OperationalError as exc:
+                if not column_there(ddl, str(exc)):
+                    raise DatabaseError(f"schema: {exc}") from None
+        before = conn.total_changes
+        out = []
+        try:
+            conn.execute("BEGIN")
+            for sql, args in stmts:
+                cur = conn.execute(sql, tuple(args))
+                rows = cur.fetchall()
+                out.append(Result(rows, cur.rowcount if cur.rowcount > 0 else 0))
+        except sqlite3.Error as exc:
+            name = _guard_name(str(exc), stmts)
+            if name is not None:
+                raise GuardFailed(name) from None
+            raise DatabaseError(f"remote database: {exc}") from None
+        return out, conn.total_changes > before
+    finally:
+        conn.close()
 
 
 def _count_writes(stmts: Sequence[Stmt], results: Sequence[Result]) -> int:
@@ -235,8 +283,8 @@ class RemoteDatabase:
     """A remote libSQL database through libsql-client; a batch is one round trip."""
 
     def __init__(self, url: str, *, auth_token: str | None, schema: Sequence[str],
-                 on_write: WriteCounter | None = None,
-                 health: WriteHealth | None = None) -> None:  # fmt: skip
+                 on_write: WriteCounter | None = None, health: WriteHealth | None = None,
+                 namespace: Namespace | None = None) -> None:  # fmt: skip
         import importlib.util
 
         if importlib.util.find_spec("libsql_client") is None:  # pragma: no cover
@@ -249,6 +297,7 @@ class RemoteDatabase:
         self._on_write = on_write
         self._ready: asyncio.Lock | None = None
         self._created = False
+        self._namespace = namespace  # None: the database exists (or is not ours to make)
 
     async def _ensure_schema(self) -> None:
         if self._created:
@@ -300,8 +349,50 @@ class RemoteDatabase:
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> Result:
         return (await self.batch([(sql, args)]))[0]
 
+    async def _first_use(self, stmts: Sequence[Stmt]) -> list[Result] | None:
+        """Before the first statement of a database made on demand: None once it exists,
+        its schema applied (created now if ``stmts`` change it); else, when it does not
+        exist, what an empty database answers ``stmts``.
+
+        The database itself is tried first, so a tenant that exists costs no admin call
+        (after a restart, every tenant's first statement would otherwise make one). When
+        that fails (sqld does not say why in a way libsql-client passes on: a WebSocket
+        closed with 1011, an HTTP 404), statements that change an empty database create
+        the namespace (one that is there is no error), and others ask whether it exists.
+        """
+        namespace = self._namespace
+        assert namespace is not None
+        try:
+            await self._ensure_schema()
+        except DatabaseError as exc:
+            refused: DatabaseError | None = None
+            try:
+                empty, changed = empty_run(self._schema, stmts)
+            except DatabaseError as answer:  # a guard, say: the answer if there is no DB
+                empty, changed, refused = [], False, answer
+            try:
+                if changed:
+                    await namespace.create()
+                missing = not changed and not await namespace.exists()
+            except DatabaseError as admin:
+                raise DatabaseError(f"{exc.message}; {admin.message}") from None
+            if missing:  # nothing created: a read never makes a database
+                if refused is not None:
+                    raise refused from None
+                return empty
+            # There now: created here or by another instance since the first try, or there
+            # all along and failing (then it fails again, and that error stands).
+            await self._ensure_schema()
+        self._namespace = None
+        return None
+
     async def batch(self, stmts: Sequence[Stmt]) -> list[Result]:
-        await _watched(self._health, self._ensure_schema())
+        if self._namespace is not None:
+            empty = await _watched(self._health, self._first_use(stmts))
+            if empty is not None:
+                return empty
+        else:
+            await _watched(self._health, self._ensure_schema())
         results = await _watched(self._health, self._call(stmts))
         if self._on_write is not None:
             n = _count_writes(stmts, results)
@@ -335,9 +426,11 @@ async def _watched(health: WriteHealth | None, work: Awaitable[T]) -> T:
 
 def open_database(url: str, *, pool: ThreadPoolExecutor, schema: Sequence[str],
                   auth_token: str | None = None, on_write: WriteCounter | None = None,
-                  health: WriteHealth | None = None) -> Database:  # fmt: skip
-    """The database at ``url`` (``file:`` or a remote libSQL URL)."""
+                  health: WriteHealth | None = None,
+                  namespace: Namespace | None = None) -> Database:  # fmt: skip
+    """The database at ``url`` (``file:`` or a remote libSQL URL). ``namespace``: a remote
+    database created on demand by its first change (see the module docstring)."""
     if url.startswith("file:"):
         return FileDatabase(url, pool, schema=schema, on_write=on_write, health=health)
     return RemoteDatabase(url, auth_token=auth_token, schema=schema, on_write=on_write,
-                          health=health)  # fmt: skip
+                          health=health, namespace=namespace)  # fmt: skip

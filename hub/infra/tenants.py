@@ -6,6 +6,16 @@ against docs/protocol.md §2's pattern first so it never escapes the data dir). 
 (``HUB_PUBLIC_DB``, "Turso cloud" in the seed) lists drivers for discovery, with a
 ``workspaceId`` column naming the tenant each row belongs to.
 
+On a remote server that makes databases on demand (sqld with ``--enable-namespaces``,
+``HUB_TENANT_ADMIN_URL`` set: :mod:`hub.infra.namespaces`), a tenant's database is its
+namespace, named by the first label of the template's host
+(``ws://{tenant}.db.internal:8080``), and is created by the first statement that would
+change it: ``POST /api/tenants``, ``hub seed``, a customer's first order. Until then
+reading it answers as an empty database and creates nothing, so :meth:`Tenants.exists`
+keeps its promise (naming a tenant that does not exist never creates it). A tenant whose
+namespace would be sqld's ``default`` or one of the hub's other databases on that server
+is refused (400 ``invalid_tenant_id``).
+
 Columns beyond the seed's, each kept on the row it guards so it costs no extra write:
 ``points.applied`` (tenant DBs: the last orders whose stock was taken from this point,
 so a retried step never deducts twice), ``points.seenAt`` (tenant DBs: when a driver's
@@ -32,8 +42,11 @@ from concurrent.futures import ThreadPoolExecutor
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hub.config import check_tenant_admin
+from hub.errors import BadRequest
 from hub.events import check_tenant_id
 from hub.infra.db import Database, WriteCounter, WriteHealth, open_database
+from hub.infra.namespaces import Namespaces, namespace_of
 from hub.infra.store.file import path_from_url
 from hub.metrics import Metrics
 
@@ -158,7 +171,12 @@ def _max_open(wanted: int | None) -> int:
 
 
 class Tenants:
-    """Opens tenant DBs on first use (created if missing) and the public DB."""
+    """Opens tenant DBs on first use (created if missing) and the public DB.
+
+    ``admin_url`` (``HUB_TENANT_ADMIN_URL``): the admin API that creates a remote tenant
+    DB's namespace on demand; ``other_dbs``: the URLs of the hub's other databases (the
+    streams DB), whose namespaces no tenant may have.
+    """
 
     def __init__(
         self,
@@ -168,10 +186,17 @@ class Tenants:
         auth_token: str | None = None,
         metrics: Metrics | None = None,
         max_open: int | None = None,
+        admin_url: str | None = None,
+        other_dbs: Iterable[str] = (),
     ) -> None:
         if "{tenant}" not in tenant_url:
             raise ValueError("HUB_TENANT_DB must contain {tenant}")
         self._template = tenant_url
+        self.namespaces: Namespaces | None = None
+        if admin_url is not None:
+            check_tenant_admin(admin_url, tenant_url)
+            remote = [u for u in (public_url, *other_dbs) if not u.startswith("file:")]
+            self.namespaces = Namespaces(admin_url, reserved=map(namespace_of, remote))
         self.max_open = _max_open(max_open)
         self.opens = 0  # tenant DBs opened, reopenings included
         self._auth_token = auth_token
@@ -209,17 +234,19 @@ class Tenants:
         return {"tenant_dbs": self._tenant_health, "public_db": self._public_health}
 
     def exists(self, tenant: str) -> bool:
-        """Whether ``tenant`` has a database already (always true for remote URLs).
+        """Whether ``tenant`` may have a database already (always true for remote URLs, but
+        for a tenant id whose namespace is refused).
 
         Used before reading another tenant's DB on a client's say-so, so that naming a
-        restaurant that does not exist never creates a file.
+        restaurant that does not exist never creates a file. A remote tenant DB made on
+        demand is never created by reading it either (see the module docstring).
         """
         check_tenant_id(tenant)
         if tenant in self._open:
             return True
         url = self._template.replace("{tenant}", tenant)
         if not url.startswith("file:"):
-            return True
+            return self.namespaces is None or not self.namespaces.reserved(namespace_of(url))
         return path_from_url(url).exists()
 
     def tenant(self, tenant: str) -> Database:
@@ -229,13 +256,23 @@ class Tenants:
         if db is not None:
             self._open.move_to_end(tenant)
             return db
+        url = self._template.replace("{tenant}", tenant)
+        namespace = None
+        if self.namespaces is not None:
+            name = namespace_of(url)
+            if self.namespaces.reserved(name):
+                raise BadRequest(f"tenant id {tenant!r} is not available on this server (its"
+                                 f" namespace {name!r} is sqld's default or another of the"
+                                 " hub's databases)", code="invalid_tenant_id")  # fmt: skip
+            namespace = self.namespaces.of(name)
         db = open_database(
-            self._template.replace("{tenant}", tenant),
+            url,
             pool=self._pool,
             schema=TENANT_SCHEMA,
             auth_token=self._auth_token,
             on_write=self._counter("tenant"),
             health=self._tenant_health,
+            namespace=namespace,
         )
         self._open[tenant] = db
         self.opens += 1
@@ -253,4 +290,6 @@ class Tenants:
         dbs = [*self._open.values(), self.public]
         self._open.clear()
         await asyncio.gather(*(db.close() for db in dbs), *self._closing, return_exceptions=True)
+        if self.namespaces is not None:
+            await self.namespaces.close()
         await asyncio.to_thread(self._pool.shutdown, wait=True)

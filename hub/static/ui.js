@@ -390,6 +390,54 @@ export function bindPill(el, socket) {
   show(socket.state);
 }
 
+// -- tracking: ETAs, distances, presence ------------------------------------------------
+
+/** Seconds as "m:ss" (or "h:mm:ss"); never negative. */
+export function duration(seconds) {
+  const s = Math.max(0, Math.round(Number(seconds) || 0));
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const ss = String(s % 60).padStart(2, "0");
+  return h ? `${h}:${String(m).padStart(2, "0")}:${ss}` : `${m}:${ss}`;
+}
+
+/** Metres as "850 m" or "2.3 km". */
+export function distanceText(metres) {
+  const m = Number(metres);
+  if (!Number.isFinite(m)) return "";
+  return m < 1000 ? `${Math.round(m)} m` : `${(m / 1000).toFixed(1)} km`;
+}
+
+/**
+ * The ETA a `location` frame gave, counting down: `eta.set(frame)` takes the frame's
+ * `etaSeconds` (and its stop), `eta.left()` the seconds left now (null: none known).
+ */
+export class Countdown {
+  constructor() { this.clear(); }
+
+  set(frame) {
+    if (!Number.isFinite(Number(frame?.etaSeconds))) return false;
+    this.seconds = Number(frame.etaSeconds);
+    this.at = Date.now();
+    this.stop = frame.stop ?? null;
+    this.distanceM = frame.distanceM ?? null;
+    return true;
+  }
+
+  clear() { this.seconds = null; this.at = 0; this.stop = null; this.distanceM = null; }
+
+  left() {
+    if (this.seconds === null) return null;
+    return Math.max(0, this.seconds - (Date.now() - this.at) / 1000);
+  }
+}
+
+/** Seconds since an ISO time (null when there is none). */
+export function secondsSince(ts) {
+  const t = ts ? Date.parse(ts) : NaN;
+  return Number.isFinite(t) ? Math.max(0, (Date.now() - t) / 1000) : null;
+}
+
 // -- the map (SVG, no tiles) -----------------------------------------------------------
 
 const SVGNS = "http://www.w3.org/2000/svg";

@@ -565,6 +565,8 @@ def test_every_frame_and_answer_the_hub_sends_is_as_declared(client: TestClient)
             assert code is None or frame["error"]["code"] == code
         ws.send_bytes(b"\x00")
         assert got.check(ws.receive_text(), "stream")["error"]["code"] == "binary_frame"
+        ws.send_text(json.dumps({"type": "auth", "token": token("ali", "customer")}))
+        assert got.check(ws.receive_text(), "stream") == {"type": "auth", "exp": None}
         assign = {"opcode": 302, "nodeId": "rami", "payload": {"driver": "rami"}}
         check_response(client.post(f"/api/streams/{sid}/events", json=assign, headers=PLATFORM),
                        201, wire_events.Events)  # fmt: skip
@@ -575,6 +577,8 @@ def test_every_frame_and_answer_the_hub_sends_is_as_declared(client: TestClient)
             assert set(got.check(inbox.receive_text(), "inbox")) == {"type", "pos"}
             inbox.send_text('{"type":"ping"}')
             assert got.check(inbox.receive_text(), "inbox") == {"type": "pong"}
+            inbox.send_text(json.dumps({"type": "auth", "token": token("rami", "driver")}))
+            assert got.check(inbox.receive_text(), "inbox") == {"type": "auth", "exp": None}
             inbox.send_text('{"type":"location","lat":91,"lng":55.2}')
             assert got.check(inbox.receive_text(), "inbox")["type"] == "error"
             inbox.send_text('{"type":"location","lat":25.2,"lng":55.3}')

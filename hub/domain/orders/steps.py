@@ -197,18 +197,33 @@ class Orders:
         }  # fmt: skip
 
     async def details(self, who: Principal, order_id: str) -> dict[str, Any]:
-        """What the apps show of an order: parties, places, items, driver position."""
+        """What the apps show of an order: parties, places, items, the driver (who, on
+        what, when he was last heard of, whether he is reachable) and his position."""
         info = await self.node.read(who, order_id)
         state = await load(self.node, order_id, archived=info.archived)
         _, lat, lng = await find_restaurant(self.db, state.restaurant)
         profile = await self.db.restaurant_profile(state.restaurant)
         where = await self._drop_off(state)
-        driver_at = last_seen = None
+        driver_at = last_seen = driver = None
         if state.driver is not None and self.db.exists(state.driver):
             at = await self.db.position(state.driver)
             if at is not None and at[0] is not None:
                 driver_at = {"lat": at[0], "lng": at[1]}
             last_seen = await self.db.last_seen(state.driver)
+        if state.driver is not None:
+            # The driver as tracking shows him (docs/protocol.md §5, Tracking frames): his
+            # presence is "unreachable" once no position came for HUB_PRESENCE_TIMEOUT
+            # seconds since his last one or his assignment, whichever is later.
+            assigned = state.assigned_at
+            quiet = [seconds_since(t) for t in (last_seen, assigned.ts if assigned else None)
+                     if isinstance(t, str) and t]  # fmt: skip
+            driver = {
+                "id": state.driver,
+                "vehicle": assigned.payload_obj.get("vehicle") if assigned else None,
+                "assignedAt": assigned.ts if assigned else None, "lastSeen": last_seen,
+                "state": "unreachable" if not quiet or min(quiet) >= self.settings.presence_timeout
+                else "online",
+            }  # fmt: skip
         currency = await self._currency(state)
         refund = state.step("refund")
         cancel = state.cancel.payload_obj if state.cancel is not None else None
@@ -221,7 +236,7 @@ class Orders:
             "restaurantLocation": {"lat": lat, "lng": lng} if lat is not None else None,
             "deliveryAddress": state.payload.get("deliveryAddress"),
             "deliveryLocation": where, "items": state.items, "total": state.total,
-            "currency": currency, "driver": state.driver, "driverLocation": driver_at,
+            "currency": currency, "driver": driver, "driverLocation": driver_at,
             "driverLastSeen": last_seen, "lastSeq": info.last_seq,
             "actions": [] if info.archived else actions(who, state),
             "refund": {"amount": -refund.delta, "currency": currency}

@@ -39,6 +39,7 @@ __all__ = [
     "MotionResult",
     "OrderCreated",
     "OrderDetails",
+    "OrderDriver",
     "OrderItem",
     "OrderStep",
     "Pay",
@@ -348,6 +349,19 @@ class Location(Struct, forbid_unknown_fields=True):
     lng: float
 
 
+class OrderDriver(Struct, forbid_unknown_fields=True, rename="camel"):
+    """The order's driver as tracking shows him (docs/protocol.md §5, Tracking frames)."""
+
+    id: TenantId
+    vehicle: Any
+    assigned_at: Annotated[str | None, Meta(description="His TASK_ASSIGN's time.")]
+    last_seen: Annotated[str | None, Meta(
+        description="When his last position arrived (null: never).")]
+    state: Annotated[Literal["online", "unreachable"], Meta(
+        description="unreachable: no position for HUB_PRESENCE_TIMEOUT seconds since the"
+        " last one or his assignment, whichever is later.")]
+
+
 class OrderDetails(Struct, forbid_unknown_fields=True, rename="camel"):
     """What the apps show of an order."""
 
@@ -364,7 +378,8 @@ class OrderDetails(Struct, forbid_unknown_fields=True, rename="camel"):
     items: list[Any]
     total: float
     currency: str
-    driver: str | None
+    driver: Annotated[OrderDriver | None, Meta(
+        description="The assigned driver (the last one, once the order is done).")]
     driver_location: Location | None
     driver_last_seen: Annotated[
         str | None, Meta(description="When the driver's position last arrived.")]
