@@ -7,6 +7,7 @@ frozen and passed down to :func:`hub.edge.app.create_app`.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import urllib.parse
 from collections.abc import Mapping
@@ -15,7 +16,15 @@ from pathlib import Path
 
 from hub.events import MAX_BATCH, MAX_PAYLOAD_BYTES
 
-__all__ = ["Settings", "SettingsError", "check_tenant_admin"]
+__all__ = ["DEFAULT_MAP_ATTRIBUTION", "Settings", "SettingsError", "check_map_tiles",
+           "check_tenant_admin"]
+
+# Tile providers require their attribution on the map (OpenStreetMap's tile policy).
+DEFAULT_MAP_ATTRIBUTION = "© OpenStreetMap contributors"
+MAP_ATTRIBUTION_MAX = 300  # characters
+# The placeholders a tile URL template may hold (Leaflet's): {z}, {x} and {y} (or {-y},
+# TMS rows), {s} a subdomain, {r} "@2x" on high-density screens.
+_TILE_PLACEHOLDERS = {"z", "x", "y", "-y", "s", "r"}
 
 
 class SettingsError(ValueError):
@@ -102,6 +111,33 @@ def check_tenant_admin(admin_url: str, template: str) -> None:
                             " ws://{tenant}.db.internal:8080")  # fmt: skip
 
 
+def check_map_tiles(template: str) -> None:
+    """Refuse ``HUB_MAP_TILES`` unless it is an http(s) URL template of map tiles with
+    ``{z}``, ``{x}`` and ``{y}`` (or ``{-y}``), and no other placeholder than ``{s}`` and
+    ``{r}``. The browsers fetch it as it is, so it carries no user:password@ either."""
+    example = "e.g. https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+    if any(c.isspace() or not c.isprintable() for c in template):
+        raise SettingsError("HUB_MAP_TILES must be a URL without spaces or control characters")
+    try:
+        parts = urllib.parse.urlsplit(template)
+        parts.port  # noqa: B018 - a malformed port raises
+    except ValueError as exc:
+        raise SettingsError(f"HUB_MAP_TILES: {exc}") from None
+    if parts.scheme.lower() not in {"http", "https"} or not parts.hostname:
+        raise SettingsError(f"HUB_MAP_TILES must be an http:// or https:// URL template,"
+                            f" {example}")  # fmt: skip
+    if "@" in parts.netloc:
+        raise SettingsError("HUB_MAP_TILES must not carry a user or password (the browsers"
+                            " fetch the tiles; a key goes in the query)")  # fmt: skip
+    names = re.findall(r"{([^{}]*)}", template)
+    unknown = sorted(set(names) - _TILE_PLACEHOLDERS)
+    if unknown:
+        raise SettingsError(f"HUB_MAP_TILES may hold only {{z}}, {{x}}, {{y}} (or {{-y}}), {{s}}"
+                            f" and {{r}}, not {{{unknown[0]}}}")  # fmt: skip
+    if "z" not in names or "x" not in names or ("y" not in names and "-y" not in names):
+        raise SettingsError(f"HUB_MAP_TILES must contain {{z}}, {{x}} and {{y}}, {example}")
+
+
 def _load_or_create_secret(data_dir: Path) -> str:
     """Return the secret kept in ``data_dir/secret``, creating it once (0600)."""
     path = data_dir / "secret"
@@ -157,6 +193,10 @@ class Settings:
     # stop this long is announced `unreachable` to the order's subscribers.
     presence_timeout: float = 30.0
     log_format: str = "text"  # HUB_LOG_FORMAT: text or json (hub.edge.logs)
+    # The web UI's street map (GET /api/config): a {z}/{x}/{y} tile URL template and the
+    # tile provider's attribution, shown on the map; None: the schematic map.
+    map_tiles: str | None = None
+    map_attribution: str = DEFAULT_MAP_ATTRIBUTION
 
     # Limits and timeouts (additions to the contract; docs/protocol.md §8). Each has an
     # environment variable (from_env); the payload and batch limits may only be lowered:
@@ -201,6 +241,12 @@ class Settings:
         if self.jwks_url is None and (self.jwt_issuer or self.jwt_audience):
             raise SettingsError("HUB_JWT_ISSUER and HUB_JWT_AUDIENCE are checked on the tokens"
                                 " of HUB_JWKS_URL: set HUB_JWKS_URL too")  # fmt: skip
+        if self.map_tiles is not None:
+            check_map_tiles(self.map_tiles)
+        attribution = self.map_attribution
+        if len(attribution) > MAP_ATTRIBUTION_MAX or not attribution.isprintable():
+            raise SettingsError(f"HUB_MAP_ATTRIBUTION must be printable text of at most"
+                                f" {MAP_ATTRIBUTION_MAX} characters")  # fmt: skip
         # Fill the defaults that derive from data_dir.
         d = self.data_dir
         if not self.streams_db:
@@ -245,6 +291,9 @@ class Settings:
             deliver_radius=_float(e, "HUB_DELIVER_RADIUS", 500.0, minimum=0),
             presence_timeout=_float(e, "HUB_PRESENCE_TIMEOUT", 30.0, minimum=0.1),
             log_format=_choice(e, "HUB_LOG_FORMAT", ("text", "json")),
+            map_tiles=(e.get("HUB_MAP_TILES") or "").strip() or None,
+            map_attribution=(e.get("HUB_MAP_ATTRIBUTION") or "").strip()
+            or DEFAULT_MAP_ATTRIBUTION,
             max_body_bytes=_limit(e, "HUB_MAX_BODY_BYTES", 1 << 20, minimum=1024),
             max_payload_bytes=_limit(e, "HUB_MAX_PAYLOAD_BYTES", MAX_PAYLOAD_BYTES, minimum=2,
                                      maximum=MAX_PAYLOAD_BYTES),

@@ -894,7 +894,7 @@ def test_every_endpoint_refuses_missing_and_bad_tokens_with_401(seeded: HubProce
             for method, path, body in endpoints(oid):
                 r = send(c, method, path, body, bad_headers(name))
                 assert_error(r, 401)
-        for path in ("/healthz", "/metrics", "/openapi.json"):
+        for path in ("/healthz", "/metrics", "/openapi.json", "/api/config"):
             assert c.get(path, headers=bad_headers("wrong-key")).status_code == 200, path
         assert writes(c) == before
         assert data_files(seeded.data_dir) == files

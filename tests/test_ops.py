@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -226,14 +227,19 @@ def test_drivers_online_with_their_last_fix(c: httpx.Client) -> None:
     assert [(d.driver, d.name, d.status, d.orderId) for d in listed.drivers] == [
         ("rami", "Rami", "online", None)]  # fmt: skip
     assert (listed.drivers[0].lat, listed.drivers[0].lng) == (25.2640, 55.3310)
+    assert listed.drivers[0].lastSeen is None  # the seed's position: no fix arrived yet
 
     order_id = post(c, "/api/orders", ALI, ORDER)["orderId"]
     for name, (who, body) in STEPS.items():
         post(c, f"/api/orders/{order_id}/{name}", who, body)
+    sent = datetime.now(UTC)
     post(c, "/api/motion", RAMI, {"lat": 25.2650, "lng": 55.3320})
     (rami,) = c.get("/api/ops/drivers", headers=PLATFORM).json()["drivers"]
+    seen = rami.pop("lastSeen")
     assert rami == {"driver": "rami", "name": "Rami", "status": "en-route", "orderId": order_id,
                     "lat": 25.2650, "lng": 55.3320}  # fmt: skip
+    # when that fix arrived (the driver's seenAt), to the millisecond, ISO 8601 UTC
+    assert abs((datetime.fromisoformat(seen) - sent).total_seconds()) < 5, seen
 
     r = c.get("/api/ops/drivers", params={"limit": 0}, headers=PLATFORM)
     assert r.json() == {"drivers": [], "more": True}

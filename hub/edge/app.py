@@ -185,6 +185,7 @@ def routes(parts: Parts, settings: Settings) -> list[BaseRoute]:
         Route("/metrics", ops.metrics, methods=["GET"]),
         Route("/openapi.json", ops.openapi, methods=["GET"]),
         Route("/asyncapi.json", ops.asyncapi, methods=["GET"]),
+        Route("/api/config", ops.app_config, methods=["GET"]),  # the web apps' settings
         Route("/api/ops/instance", ops.instance, methods=["GET"]),
         Route("/api/ops/drivers", ops.drivers, methods=["GET"]),
     ])  # every HTTP route timed into hub_http_request_duration_seconds{route, method}

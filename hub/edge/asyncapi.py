@@ -34,6 +34,9 @@ from hub.edge.wire.frames import (
 )
 from hub.errors import CloseCode
 
+TOKEN_TEXT = ("A JWT with sub (tenant id) and role: HS256 with HUB_SECRET, or"
+              " RS256/ES256/EdDSA from HUB_JWKS_URL.")
+
 __all__ = ["asyncapi_document"]
 
 SCHEMAS = "#/components/schemas/{name}"
@@ -228,7 +231,7 @@ def _document() -> dict[str, Any]:
             "messages": messages,
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                           "description": "HS256 JWT with sub (tenant id) and role."},
+                           "description": TOKEN_TEXT},
                 "token": {"type": "httpApiKey", "in": "query", "name": "token",
                           "description": "The same token in the URL (browsers)."},
             },

@@ -39,6 +39,7 @@ from hub.edge.wire.events import (
 from hub.edge.wire.ops import (
     DRIVERS_LIMIT_DEFAULT,
     DRIVERS_LIMIT_MAX,
+    AppConfig,
     Health,
     InstanceState,
     OnlineDrivers,
@@ -269,6 +270,12 @@ OPERATIONS: tuple[Operation, ...] = (
         ("anyone",), {"200": ("AsyncAPI 3.0.", dict[str, Any])},
     ),
     Operation(
+        "GET", "/api/config", "appConfig",
+        "What the web apps learn of the hub's settings: the street map's tiles (HUB_MAP_TILES)"
+        " and their attribution.", ("anyone",),
+        {"200": ("The apps' configuration.", AppConfig)},
+    ),
+    Operation(
         "GET", "/api/ops/instance", "opsInstance",
         "This instance: its checks, sockets and rates from its own counters (the console).",
         ("platform",), {"200": ("The instance.", InstanceState)}, "401 403 503",
@@ -362,7 +369,8 @@ def _document() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "bearerFormat": "JWT",
-                    "description": "HS256 JWT with sub (tenant id) and role.",
+                    "description": ("A JWT with sub (tenant id) and role: HS256 with"
+                                    " HUB_SECRET, or RS256/ES256/EdDSA from HUB_JWKS_URL."),
                 },
             },
             "schemas": components,

@@ -1,8 +1,8 @@
 """Operations endpoints: the probes (``/healthz``, ``/livez``, ``/readyz``), ``/metrics``,
 the hub's own description (``/openapi.json`` for HTTP, ``/asyncapi.json`` for the
-WebSocket protocol), and the platform console's reads (``/api/ops/instance``,
-``/api/ops/drivers``). Also :func:`timed`, which puts every HTTP route of the table
-under ``hub_http_request_duration_seconds``.
+WebSocket protocol, ``/api/config`` for the web apps), and the platform console's reads
+(``/api/ops/instance``, ``/api/ops/drivers``). Also :func:`timed`, which puts every HTTP
+route of the table under ``hub_http_request_duration_seconds``.
 
 No answer here carries internal error text: a check is ``ok`` or ``failing`` and why it
 fails goes to the log (logger ``hub.health``), once per change.
@@ -32,6 +32,7 @@ from hub.edge.http import int_param, principal
 from hub.edge.wire.ops import (
     DRIVERS_LIMIT_DEFAULT,
     DRIVERS_LIMIT_MAX,
+    AppConfig,
     InstanceState,
     OnlineDriver,
     OnlineDrivers,
@@ -87,6 +88,10 @@ class OpsHttp:
         # (monotonic time, totals) samples for the console's rates; the first is the start.
         self._samples: deque[tuple[float, dict[str, float]]] = deque(maxlen=SAMPLES_KEPT)
         self._samples.append((self._t0, self._m.totals()))
+        settings = node.settings
+        # The settings are frozen: the apps' configuration is encoded once.
+        self._app_config = msgspec.json.encode(AppConfig(
+            mapTiles=settings.map_tiles, mapAttribution=settings.map_attribution))
         store = node.store
         self._m.commits_source = lambda: getattr(store, "commits", None)
 
@@ -162,6 +167,12 @@ class OpsHttp:
         from hub.edge.asyncapi import asyncapi_document
 
         return JSONResponse(asyncapi_document())
+
+    async def app_config(self, request: Request) -> Response:
+        """What the web apps need of this hub's settings (anyone, no token): the street
+        map's tile URL template (``HUB_MAP_TILES``, null: the schematic map) and its
+        attribution."""
+        return Response(self._app_config, media_type="application/json")
 
     # -- the platform console -------------------------------------------------------------
 

@@ -1,6 +1,8 @@
 // Shared pieces of the three apps: tokens from the URL fragment, problem messages, the
 // connection pill, small DOM helpers, the order actions (status, cancel and decline, the
-// messages for a refused action) and the SVG map. No dependencies, no build step.
+// messages for a refused action) and the delivery map: an SVG sketch, or a street map on
+// the hub's tiles (HUB_MAP_TILES) with Leaflet, vendored in vendor/leaflet/ and loaded only
+// then. No build step.
 
 import { CloseCode, HubApi, ORDER_STATUS, Opcode, STATUS_ORDER, State, hubFetch, tokenInfo } from "./hub-client.js";
 
@@ -438,6 +440,130 @@ export function secondsSince(ts) {
   return Number.isFinite(t) ? Math.max(0, (Date.now() - t) / 1000) : null;
 }
 
+// -- the hub's settings for the apps -----------------------------------------------------
+
+const CONFIG_WAIT_MS = 5000;
+const NO_CONFIG = Object.freeze({ mapTiles: null, mapAttribution: "" });
+let appConfig = null;
+
+/**
+ * What the apps learn of the hub's settings (`GET /api/config`, no token), read once per
+ * page: `{mapTiles, mapAttribution}`. A hub that does not answer gives no tiles.
+ */
+export function hubConfig() {
+  appConfig ??= hubFetch("/api/config", { signal: AbortSignal.timeout(CONFIG_WAIT_MS) })
+    .then((c) => ({ ...NO_CONFIG, ...c }))
+    .catch((err) => {
+      console.warn(`The hub's settings could not be read (${err?.message ?? err}): no street map.`);
+      return NO_CONFIG;
+    });
+  return appConfig;
+}
+
+// -- the map: a street map (Leaflet) where the hub has tiles ------------------------------
+
+const LEAFLET = new URL("./vendor/leaflet/", import.meta.url);
+let leaflet = null;
+
+/** Leaflet (window.L), its script and stylesheet added to the page on the first call. */
+export function loadLeaflet() {
+  const load = (tag, attrs) => new Promise((resolve, reject) => {
+    const el = h(tag, attrs);
+    el.addEventListener("load", resolve, { once: true });
+    el.addEventListener("error", () => reject(new Error(`${attrs.src ?? attrs.href} did not load`)), { once: true });
+    document.head.append(el);
+  });
+  leaflet ??= Promise.all([
+    load("link", { rel: "stylesheet", href: new URL("leaflet.css", LEAFLET).href }),
+    load("script", { src: new URL("leaflet.js", LEAFLET).href }),
+  ]).then(() => {
+    if (!window.L?.map) throw new Error("leaflet.js defined no L.map");
+    return window.L;
+  });
+  leaflet.catch(() => { leaflet = null; }); // a later map may try again
+  return leaflet;
+}
+
+const escapeHtml = (text) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+
+const PINS = {
+  restaurant: { glyph: "R", label: "restaurant", size: 22, id: "street-restaurant" },
+  delivery: { glyph: "D", label: "delivery", size: 22, id: "street-delivery" },
+  driver: { glyph: "", label: "driver", size: 18, id: "driver-marker" },
+};
+
+/**
+ * The delivery drawn on a Leaflet map over the hub's tiles: the restaurant, the drop-off,
+ * the driver (his element `#driver-marker` carries `data-lat` and `data-lng`) and his
+ * trail. Its points come from a DeliveryMap, which keeps them; the view follows them
+ * as the SVG's frame does: it stays put while they are inside it.
+ */
+class StreetMap {
+  constructor(L, el, config) {
+    this.L = L;
+    this.el = el;
+    this.map = L.map(el, { scrollWheelZoom: false, zoomSnap: 0.5 });
+    L.tileLayer(config.mapTiles, {
+      maxZoom: 19,
+      // Plain text: the setting is not markup (Leaflet writes attributions as HTML).
+      attribution: escapeHtml(config.mapAttribution || ""),
+    }).addTo(this.map);
+    this.route = L.polyline([], { color: "#94a3b8", weight: 2, dashArray: "6 5", interactive: false }).addTo(this.map);
+    this.trail = L.polyline([], { color: "#4338ca", weight: 3, opacity: 0.55, interactive: false }).addTo(this.map);
+    this.markers = Object.fromEntries(Object.entries(PINS).map(([name, pin]) => [name, L.marker([0, 0], {
+      icon: L.divIcon({
+        className: `map-pin map-pin-${name}`,
+        html: `<b>${pin.glyph}</b><span class="pin-label">${pin.label}</span>`,
+        iconSize: [pin.size, pin.size],
+      }),
+      title: pin.label, keyboard: false, interactive: false, zIndexOffset: name === "driver" ? 1000 : 0,
+    })]));
+    this.viewed = 0; // how many points the view was last fitted to (0: no view yet)
+    this.last = null;
+    // Shown after being hidden (the customer's map card), or resized: fit again.
+    new ResizeObserver(() => {
+      this.map.invalidateSize({ animate: false });
+      this.viewed = 0;
+      if (this.last) this.draw(...this.last);
+    }).observe(el);
+  }
+
+  draw(points, trail) {
+    this.last = [points, trail];
+    const at = (p) => [p.lat, p.lng];
+    for (const [name, marker] of Object.entries(this.markers)) {
+      const p = points[name];
+      if (!p) {
+        marker.remove();
+        continue;
+      }
+      marker.setLatLng(at(p));
+      if (!this.map.hasLayer(marker)) marker.addTo(this.map);
+      const el = marker.getElement();
+      if (el) {
+        el.id = PINS[name].id;
+        el.dataset.lat = String(p.lat);
+        el.dataset.lng = String(p.lng);
+      }
+    }
+    const { restaurant, delivery } = points;
+    this.route.setLatLngs(restaurant && delivery ? [at(restaurant), at(delivery)] : []);
+    this.trail.setLatLngs(trail.length > 1 ? trail.map(at) : []);
+    this.el.dataset.empty = String(!Object.values(points).some(Boolean));
+    this._fit(Object.values(points).filter(Boolean).map(at));
+  }
+
+  _fit(pts) {
+    const size = this.map.getSize();
+    if (!pts.length || !size.x || !size.y) return; // nothing to show, or hidden: later
+    const bounds = this.L.latLngBounds(pts);
+    if (this.viewed === pts.length && this.map.getBounds().pad(-0.05).contains(bounds)) return;
+    if (pts.length === 1) this.map.setView(pts[0], 15, { animate: false });
+    else this.map.fitBounds(bounds, { padding: [40, 40], maxZoom: 16, animate: false });
+    this.viewed = pts.length;
+  }
+}
+
 // -- the map (SVG, no tiles) -----------------------------------------------------------
 
 const SVGNS = "http://www.w3.org/2000/svg";
@@ -450,9 +576,15 @@ function s(tag, attrs = {}) {
 /**
  * A small map of one delivery: restaurant, delivery point, driver (with its trail).
  * Coordinates are projected equirectangularly onto a 400×240 box around the points.
+ *
+ * With `{streets: true}`, where the hub has map tiles (`GET /api/config`), the same points
+ * are drawn on a street map instead (Leaflet, loaded then): the SVG is hidden and a
+ * `.street-map` element takes its place. Until the hub has answered, the SVG keeps its
+ * place invisibly; without tiles (or Leaflet) it is the map. `ready` resolves to whether
+ * the street map is shown.
  */
 export class DeliveryMap {
-  constructor(svg) {
+  constructor(svg, { streets = false } = {}) {
     this.svg = svg;
     this.W = 400;
     this.H = 240;
@@ -461,7 +593,39 @@ export class DeliveryMap {
     this.points = { restaurant: null, delivery: null, driver: null };
     this.trail = [];
     this.frame = null;
+    this.street = null;
     this.render();
+    this.ready = streets ? this._streets() : Promise.resolve(false);
+  }
+
+  async _streets() {
+    const svg = this.svg;
+    svg.dataset.map = "pending";
+    let el = null;
+    try {
+      const config = await hubConfig();
+      if (!config.mapTiles) return false;
+      const L = await loadLeaflet();
+      el = h("div", {
+        class: "street-map", id: `${svg.id || "map"}-streets`, role: "region",
+        "aria-label": svg.getAttribute("aria-label") ?? "map",
+      });
+      svg.after(el);
+      this.street = new StreetMap(L, el, config);
+      svg.setAttribute("hidden", ""); // (an SVG element has no .hidden)
+      svg.replaceChildren();
+      this.render();
+      return true;
+    } catch (err) {
+      console.warn(`No street map (${err?.message ?? err}): the schematic map instead.`);
+      this.street = null;
+      el?.remove();
+      svg.removeAttribute("hidden");
+      this.render();
+      return false;
+    } finally {
+      delete svg.dataset.map;
+    }
   }
 
   set(name, where) {
@@ -515,6 +679,10 @@ export class DeliveryMap {
   }
 
   render() {
+    if (this.street) {
+      this.street.draw(this.points, this.trail);
+      return;
+    }
     const svg = this.svg;
     const frame = this._fit();
     svg.replaceChildren();

@@ -1,6 +1,6 @@
 """Wire shapes of the operations endpoints: the probes (``/healthz``, ``/livez``,
-``/readyz``) and the platform's ``/api/ops/*`` (``/metrics`` is Prometheus text,
-``/openapi.json`` and ``/asyncapi.json`` are the documents themselves)."""
+``/readyz``), the platform's ``/api/ops/*`` and the apps' ``/api/config`` (``/metrics`` is
+Prometheus text, ``/openapi.json`` and ``/asyncapi.json`` are the documents themselves)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from msgspec import Meta, Struct
 __all__ = [
     "DRIVERS_LIMIT_DEFAULT",
     "DRIVERS_LIMIT_MAX",
+    "AppConfig",
     "Health",
     "InstanceState",
     "OnlineDriver",
@@ -102,3 +103,14 @@ class OnlineDrivers(Struct, forbid_unknown_fields=True):
 
     drivers: list[OnlineDriver]
     more: bool
+
+
+class AppConfig(Struct, forbid_unknown_fields=True):
+    """What the web apps learn of the hub when they open (``GET /api/config``, no token):
+    the street map's tiles, or none (the schematic map)."""
+
+    mapTiles: Annotated[str | None, Meta(
+        description="HUB_MAP_TILES: an http(s) tile URL template with {z}, {x} and {y};"
+                    " null: no street map.")]
+    mapAttribution: Annotated[str, Meta(
+        description="HUB_MAP_ATTRIBUTION: the tile provider's attribution, plain text.")]
