@@ -40,6 +40,47 @@ export function loadToken(page) {
   return { token: token || null, params, info: token ? tokenInfo(token) : null };
 }
 
+/**
+ * The page's token as the function hub-client.js asks before each connection and as the
+ * token nears its expiry (it refreshes open sockets with it). With `tokenUrl` in the page's
+ * address (`#token=…&tokenUrl=https://…`: the platform's or an identity provider's endpoint
+ * answering `{"token": …}` or the token as text, credentials included), a fresh token is
+ * fetched from it once the current one is in the last fifth of its life, kept for the page
+ * (sessionStorage) and shared by all its sockets; without one it is the token the page was
+ * opened with, and a socket is refused (4401) at its expiry as before.
+ */
+export function tokenSource(page, initial, tokenUrl) {
+  let current = initial;
+  let pending = null;
+  const fresh = async () => {
+    const res = await fetch(tokenUrl, { credentials: "include", cache: "no-store" });
+    if (!res.ok) throw new Error(`the token endpoint answered ${res.status}`);
+    const text = (await res.text()).trim();
+    let token = text;
+    if (text.startsWith("{")) token = JSON.parse(text).token;
+    if (typeof token !== "string" || !tokenInfo(token)) throw new Error("the token endpoint sent no token");
+    current = token;
+    try {
+      sessionStorage.setItem(`hub:token:${page}`, token);
+    } catch {
+      // storage disabled: the token lives as long as the page
+    }
+    return token;
+  };
+  return async () => {
+    const info = tokenInfo(current);
+    if (!tokenUrl || !info?.exp) return current;
+    const life = info.iat ? (info.exp - info.iat) * 1000 : 60000;
+    if (info.exp * 1000 - Date.now() > life / 5) return current;
+    pending ??= fresh().finally(() => { pending = null; });
+    try {
+      return await pending;
+    } catch {
+      return current; // the endpoint failed: the current token until it expires
+    }
+  };
+}
+
 export function forgetToken(page) {
   try {
     sessionStorage.removeItem(`hub:token:${page}`);
@@ -171,7 +212,8 @@ export function authProblem(err, info, what = "this") {
 export function socketProblem(detail, info, what = "this") {
   const { UNAUTHORIZED, FORBIDDEN } = CloseCode;
   if (detail.code === UNAUTHORIZED) {
-    if (info?.expired) showProblem("expired", `The hub closed the connection (${UNAUTHORIZED}): the token has expired.`);
+    // expired now (the page may have opened with a token that was fresh then)
+    if (info?.expired || (info?.exp && info.exp * 1000 <= Date.now() + 2000)) showProblem("expired", `The hub closed the connection (${UNAUTHORIZED}): the token has expired.`);
     else showProblem("invalid", `The hub closed the connection (${UNAUTHORIZED}): it does not accept this token.`);
   } else {
     showProblem("denied", `The hub closed the connection (${FORBIDDEN}): ${who(info)} may not see ${what}.`,
@@ -181,7 +223,8 @@ export function socketProblem(detail, info, what = "this") {
 
 /**
  * The page's start: a token of one of `roles`, else a problem is shown and null returned.
- * `exampleCommand` tells how to make one. Returns {token, info, params, api}.
+ * `exampleCommand` tells how to make one. Returns {token, tokens (the page's token
+ * function: tokenSource), info, params, api}.
  */
 export function startPage(page, roles, roleName, exampleCommand) {
   if (exampleCommand) example = exampleCommand;
@@ -204,7 +247,8 @@ export function startPage(page, roles, roleName, exampleCommand) {
   }
   const tenant = $("#tenant");
   if (tenant) tenant.textContent = info.sub;
-  return { token, info, params, api: new HubApi(token) };
+  const tokens = tokenSource(page, token, params.get("tokenUrl"));
+  return { token, tokens, info, params, api: new HubApi(tokens) };
 }
 
 // -- order actions --------------------------------------------------------------------
