@@ -38,7 +38,7 @@ class TokenServer:
         served = self.served = []  # type: list[float]
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 served.append(time.monotonic())
                 body = json.dumps({"token": token("bab-hara", "restaurant", ttl=LIFE)}).encode()
                 self.send_response(200)
@@ -63,14 +63,14 @@ class TokenServer:
 
 
 @pytest.fixture
-def tokens(hub: HubProcess) -> Iterator[TokenServer]:
+def tokens(hub: HubProcess) -> Iterator[TokenServer]:  # noqa: F811
     server = TokenServer(hub.url)
     yield server
     server.close()
 
 
 def test_a_page_with_a_token_url_keeps_its_socket_past_every_expiry(
-    hub: HubProcess, open_app: Callable[..., App], tokens: TokenServer
+    hub: HubProcess, open_app: Callable[..., App], tokens: TokenServer  # noqa: F811
 ) -> None:
     """The kitchen on 3-second tokens from its token endpoint stays live for 10 s (over
     three lifetimes) and still shows a new order then: its inbox socket was refreshed in
@@ -89,7 +89,7 @@ def test_a_page_with_a_token_url_keeps_its_socket_past_every_expiry(
 
 
 def test_a_page_without_a_token_url_says_its_token_expired(
-    hub: HubProcess, open_app: Callable[..., App]
+    hub: HubProcess, open_app: Callable[..., App]  # noqa: F811
 ) -> None:
     """Without a token endpoint the page's socket is refused (4401) at expiry and the page
     says the token expired."""
