@@ -161,6 +161,8 @@ class Settings:
 
     data_dir: Path = Path("./data")
     streams_db: str = ""
+    # A read replica of a remote streams_db: event pages read from it (hub.infra.store.replica).
+    streams_read_db: str | None = None
     tenant_db: str = ""
     public_db: str = ""
     # sqld's admin API creating each tenant DB's namespace on demand (hub.infra.namespaces);
@@ -251,6 +253,12 @@ class Settings:
         d = self.data_dir
         if not self.streams_db:
             object.__setattr__(self, "streams_db", f"file:{d / 'streams.db'}")
+        if self.streams_read_db is not None and not all(
+                url.partition(":")[0].lower() in {"libsql", "wss", "ws", "https", "http"}
+                for url in (self.streams_db, self.streams_read_db)):  # fmt: skip
+            raise SettingsError("HUB_STREAMS_READ_DB is a read replica of a remote HUB_STREAMS_DB:"
+                                " both must be libsql://, wss://, ws://, https:// or http://"
+                                " URLs")  # fmt: skip
         if not self.tenant_db:
             object.__setattr__(self, "tenant_db", f"file:{d / 'tenants' / '{tenant}.db'}")
         if self.tenant_admin_url is not None:
@@ -269,6 +277,7 @@ class Settings:
         return cls(
             data_dir=Path(e.get("HUB_DATA_DIR") or "./data"),
             streams_db=e.get("HUB_STREAMS_DB", ""),
+            streams_read_db=(e.get("HUB_STREAMS_READ_DB") or "").strip() or None,
             tenant_db=e.get("HUB_TENANT_DB", ""),
             public_db=e.get("HUB_PUBLIC_DB", ""),
             tenant_admin_url=(e.get("HUB_TENANT_ADMIN_URL") or "").strip() or None,

@@ -54,6 +54,9 @@ class HubProcess:
     """A hub served by uvicorn in its own process, as users run it."""
 
     log_level = "warning"  # "info" logs every request (as production does)
+    # Where it listens, and what its command runs under (tests/netns.py: another host).
+    host = "127.0.0.1"
+    prefix: tuple[str, ...] = ()
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
@@ -64,11 +67,11 @@ class HubProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"ws://{self.host}:{self.port}"
 
     def start(self, wait: float = 15.0) -> HubProcess:
         env = dict(os.environ)
@@ -82,7 +85,8 @@ class HubProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hub", "serve", "--port", str(self.port),
+            [*self.prefix, sys.executable, "-m", "hub", "serve", "--host", self.host,
+             "--port", str(self.port),
              "--log-level", self.log_level, "--graceful-timeout", "5"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -160,6 +164,10 @@ class RedisServer:
     ``stop()`` then ``start()`` restarts it on the same port (an outage the hubs must survive).
     """
 
+    # Where it listens, and what its command runs under (tests/netns.py: another host).
+    host = "127.0.0.1"
+    prefix: tuple[str, ...] = ()
+
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self.port = free_port()
@@ -168,7 +176,7 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def extra_args(self) -> list[str]:
         """More ``redis-server`` arguments (a cluster node adds its own)."""
@@ -180,7 +188,7 @@ class RedisServer:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [*self.prefix, binary, "--port", str(self.port), "--bind", self.host, "--save", "",
              "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.log_path),
              *self.extra_args()],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
@@ -205,7 +213,7 @@ class RedisServer:
         import redis
 
         try:
-            with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout(5),
+            with redis.Redis(host=self.host, port=self.port, socket_timeout=timeout(5),
                              socket_connect_timeout=timeout(2)) as client:  # fmt: skip
                 return client.execute_command(*args)
         except redis.ConnectionError as exc:

@@ -12,7 +12,10 @@ directory of the test's: Hrana over WebSocket (``ws_url``) and Hrana over HTTP
 ``start()`` restarts it on the same port and data (an outage the hub must survive).
 
 With ``jwt_key`` (:func:`ed25519_keypair`), sqld accepts only requests carrying a JWT
-signed with that key (:func:`jwt`), as Turso does. :func:`query` reads a database
+signed with that key (:func:`jwt`), as Turso does. ``args`` are more ``sqld`` flags (a
+primary's ``--grpc-listen-addr``, a replica's ``--primary-grpc-url``); with ``metrics``
+sqld keeps its Prometheus metrics and serves them on its admin API, on a port of its own
+(:meth:`Sqld.metrics`). :func:`query` reads a database
 through sqld's own HTTP API (``/v2/pipeline``), as a seed-style SQL reader would,
 without libsql-client.
 """
@@ -30,6 +33,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -66,23 +70,36 @@ def _free_port() -> int:
 class Sqld:
     """One ``sqld`` process (see the module docstring)."""
 
+    # Where it listens, and what its command runs under (tests/netns.py: another host).
+    host = "127.0.0.1"
+    prefix: tuple[str, ...] = ()
+
     def __init__(
-        self, directory: Path, *, port: int | None = None, jwt_key: str | None = None
+        self,
+        directory: Path,
+        *,
+        port: int | None = None,
+        jwt_key: str | None = None,
+        args: Sequence[str] = (),
+        metrics: bool = False,
     ) -> None:
         self.dir = directory
         self.port = port or _free_port()
         self._fixed_port = port is not None
         self.jwt_key = jwt_key
+        self.args = list(args)  # more sqld flags
+        # The admin API's port, serving /metrics (None: metrics disabled, no admin API).
+        self.metrics_port = _free_port() if metrics else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = directory / "sqld.log"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"ws://{self.host}:{self.port}"
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def url(self, transport: str) -> str:
         """``ws_url`` or ``http_url`` (``transport`` is ``"ws"`` or ``"http"``)."""
@@ -104,10 +121,14 @@ class Sqld:
         if self.jwt_key is not None:
             env["SQLD_AUTH_JWT_KEY"] = self.jwt_key
         with self.log_path.open("ab") as log:
+            if self.metrics_port is None:
+                flags = ["--disable-metrics"]
+            else:
+                flags = ["--admin-listen-addr", f"127.0.0.1:{self.metrics_port}"]
             self.proc = subprocess.Popen(
-                [str(sqld_binary()), "--no-welcome", "--disable-metrics",
+                [*self.prefix, str(sqld_binary()), "--no-welcome", *flags,
                  "--db-path", str(self.dir / "data.sqld"),
-                 "--http-listen-addr", f"127.0.0.1:{self.port}"],
+                 "--http-listen-addr", f"{self.host}:{self.port}", *self.args],
                 cwd=self.dir, env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         deadline = time.monotonic() + wait * TIMEOUT_FACTOR
@@ -128,6 +149,21 @@ class Sqld:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def metrics(self) -> dict[str, float]:
+        """sqld's Prometheus metrics (started with ``metrics``), ``{series: value}``: e.g.
+        ``libsql_server_query_count`` counts the statements it ran itself, and a replica's
+        ``libsql_server_write_requests_delegated`` those it sent on to its primary."""
+        assert self.metrics_port is not None, "started without metrics"
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5 * TIMEOUT_FACTOR) as r:
+            text = r.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
 
     def stop(self, sig: int = signal.SIGTERM, wait: float = 15.0) -> None:
         """Signal sqld and wait for it to exit (SIGKILL if it does not)."""

@@ -70,7 +70,8 @@ class Parts:
     @classmethod
     def build(cls, settings: Settings) -> Parts:
         metrics = Metrics()
-        store = open_store(settings.streams_db, auth_token=settings.db_auth_token)
+        store = open_store(settings.streams_db, auth_token=settings.db_auth_token,
+                           read_url=settings.streams_read_db)  # fmt: skip
         broker: Broker
         if settings.redis_url:
             from hub.infra.broker.redis import RedisBroker  # the redis extra

@@ -39,6 +39,8 @@ ENVIRONMENT: tuple[tuple[str, str, str], ...] = (
     ("HUB_DATA_DIR", "./data", "embedded databases, the archive and the generated secret"),
     ("HUB_STREAMS_DB", "file:$HUB_DATA_DIR/streams.db",
      "the shared streams DB: file:PATH, or libsql://, wss://, https:// (turso extra)"),
+    ("HUB_STREAMS_READ_DB", "none (every read on HUB_STREAMS_DB)",
+     "a read replica of a remote HUB_STREAMS_DB: pages of events are read there"),
     ("HUB_TENANT_DB", "file:$HUB_DATA_DIR/tenants/{tenant}.db",
      "tenant DB URL template, {tenant} replaced by the tenant id"),
     ("HUB_PUBLIC_DB", "file:$HUB_DATA_DIR/public.db", "the public discovery DB"),

@@ -48,15 +48,25 @@ Every other database or network failure is reported as :class:`~hub.errors.Unava
 append that timed out may have committed (it is then not handed to the listener;
 stream subscribers see the ``seq`` gap and re-read the log), which is why clients
 retry with the same event ids.
+
+A request that times out is not cancelled inside libsql-client: its WebSocket client
+(0.3.1) hands a late answer to the future it was cancelled through and logs
+``InvalidStateError`` (``Exception in callback _map_future.<locals>.done``). The
+connection it waits on is dropped instead (a server that let one request wait that long
+is taken for stuck): its requests in flight fail at once, and the next request opens a
+new connection. A caller that goes away likewise leaves its request to end by itself.
+
+With ``read_only`` the store is a read replica's (:mod:`hub.infra.store.replica`): it
+creates no schema and is only read from.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import libsql_client
@@ -166,32 +176,47 @@ def _busy(exc: libsql_client.LibsqlError) -> bool:
     return str(exc.code).startswith("SQLITE_BUSY") or "database is locked" in str(exc.explanation)
 
 
-def _unavailable(exc: BaseException) -> Unavailable:
-    """The hub's view of a database or network failure."""
+def _unavailable(exc: BaseException, what: str = "the streams DB",
+                 timeout: float = REQUEST_TIMEOUT_S) -> Unavailable:  # fmt: skip
+    """The hub's view of a database or network failure (``what``: which database)."""
     text = str(exc) or type(exc).__name__
     if isinstance(exc, libsql_client.LibsqlError) and (
         str(exc.code).startswith("AUTH") or "401" in str(exc.explanation)
     ):
-        return Unavailable(f"the streams DB refused the auth token (HUB_DB_AUTH_TOKEN): {text}")
+        return Unavailable(f"{what} refused the auth token (HUB_DB_AUTH_TOKEN): {text}")
     if isinstance(exc, TimeoutError):
-        return Unavailable(f"the streams DB did not answer within {REQUEST_TIMEOUT_S:g} s")
-    return Unavailable(f"the streams DB failed: {text}")
+        return Unavailable(f"{what} did not answer within {timeout:g} s")
+    return Unavailable(f"{what} failed: {text}")
+
+
+T = TypeVar("T")
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of a request nobody waits for any more."""
+    if not task.cancelled():
+        task.exception()
 
 
 class RemoteStore:
     """The streams store in a libSQL server (see the module docstring)."""
 
-    def __init__(self, url: str, *, auth_token: str | None = None) -> None:
+    def __init__(self, url: str, *, auth_token: str | None = None, read_only: bool = False,
+                 timeout: float = REQUEST_TIMEOUT_S) -> None:  # fmt: skip
         scheme = url.split(":", 1)[0].lower()
         if scheme not in REMOTE_SCHEMES:
             # libsql-client's own file: mode would run sqlite3 on the event loop.
             raise ValueError(f"RemoteStore needs a libsql:, ws(s): or http(s): URL, not {url!r}")
         self.url = url
+        self.read_only = read_only  # a read replica's: no schema made, never written to
+        self.timeout = timeout  # seconds one request may take, connecting included
+        self._what = "the streams DB's read replica" if read_only else "the streams DB"
         self._listener: CommitListener | None = None  # told of every commit (see open)
         self._auth_token = auth_token
         self._client: Any = None  # a libsql_client.Client while open
         self._closed = False
         self._tasks: set[asyncio.Task[AppendResult]] = set()
+        self._dropping: set[asyncio.Task[None]] = set()  # connections being closed
         self._order = _CommitOrder(self._publish)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -203,15 +228,17 @@ class RemoteStore:
         if self._client is not None:
             return
         try:
-            await check_token(self.url, self._auth_token, timeout=REQUEST_TIMEOUT_S)
+            await check_token(self.url, self._auth_token, timeout=self.timeout)
         except TokenRefused as exc:
             raise Unavailable(
-                f"the streams DB refused the auth token (HUB_DB_AUTH_TOKEN): {exc}"
+                f"{self._what} refused the auth token (HUB_DB_AUTH_TOKEN): {exc}"
             ) from None
         try:
             self._client = libsql_client.create_client(self.url, auth_token=self._auth_token)
         except libsql_client.LibsqlError as exc:  # a malformed URL
             raise ValueError(f"bad streams DB URL {self.url!r}: {exc}") from None
+        if self.read_only:
+            return  # the primary makes the schema; a replica that lacks it yet fails reads
         try:
             await self._batch([(ddl, []) for ddl in SCHEMA])
             ddl = await self._execute(SELECT_EVENTS_DDL, [])
@@ -243,6 +270,8 @@ class RemoteStore:
         client, self._client = self._client, None
         if client is not None:
             await _close_client(client)
+        if self._dropping:
+            await asyncio.wait(set(self._dropping))
 
     def _publish(self, result: AppendResult) -> None:
         listener = self._listener
@@ -258,6 +287,38 @@ class RemoteStore:
         if self._closed or self._client is None:
             raise Unavailable("the streams store is closed")
 
+    async def _request(self, call: Callable[[Any], Awaitable[T]]) -> T:
+        """``call(client)`` within :attr:`timeout`, never cancelled inside libsql-client
+        (see the module docstring): past the time-out its connection is dropped and
+        :class:`TimeoutError` raised; a caller that goes away leaves it to end."""
+        client = self._client
+        if client is None:
+            raise Unavailable("the streams store is closed")
+        task = asyncio.ensure_future(call(client))
+        try:
+            await asyncio.wait((task,), timeout=self.timeout)
+        finally:
+            if not task.done():  # timed out, or the caller was cancelled
+                task.add_done_callback(_forget)
+        if not task.done():
+            self._drop(client)
+            raise TimeoutError(f"no answer within {self.timeout:g} s")
+        return task.result()
+
+    def _drop(self, client: Any) -> None:
+        """Close ``client``'s connection (its requests in flight fail at once) and open a
+        new one for the next request, unless that happened already."""
+        if client is not self._client or self._closed:
+            return
+        log.warning("%s did not answer within %g s: reconnecting", self._what, self.timeout)
+        try:
+            self._client = libsql_client.create_client(self.url, auth_token=self._auth_token)
+        except libsql_client.LibsqlError:  # cannot happen: the URL was taken at open
+            self._client = None
+        task = asyncio.create_task(_close_client(client))
+        self._dropping.add(task)
+        task.add_done_callback(self._dropping.discard)
+
     async def _raw_batch(self, stmts: Sequence[Stmt]) -> list[Any]:
         """One transaction in one round trip; failures raised as they come.
 
@@ -266,12 +327,8 @@ class RemoteStore:
         """
         pauses = iter(BUSY_RETRY_S)
         while True:
-            client = self._client
-            if client is None:
-                raise Unavailable("the streams store is closed")
             try:
-                async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                    result: list[Any] = await client.batch(list(stmts))
+                result: list[Any] = await self._request(lambda c: c.batch(list(stmts)))
                 return result
             except libsql_client.LibsqlError as exc:
                 pause = next(pauses, None) if _busy(exc) else None
@@ -283,17 +340,16 @@ class RemoteStore:
         try:
             return await self._raw_batch(stmts)
         except _DB_ERRORS as exc:
-            raise _unavailable(exc) from exc
+            raise self._failed(exc) from exc
 
     async def _execute(self, sql: str, args: list[Any]) -> Any:
-        client = self._client
-        if client is None:
-            raise Unavailable("the streams store is closed")
         try:
-            async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                return await client.execute(sql, args)
+            return await self._request(lambda c: c.execute(sql, args))
         except _DB_ERRORS as exc:
-            raise _unavailable(exc) from exc
+            raise self._failed(exc) from exc
+
+    def _failed(self, exc: BaseException) -> Unavailable:
+        return _unavailable(exc, self._what, self.timeout)
 
     # -- writes --------------------------------------------------------------------
 
@@ -380,9 +436,9 @@ class RemoteStore:
                 ) from None
             if DUPLICATE_ID in message:
                 return None
-            raise _unavailable(exc) from exc
+            raise self._failed(exc) from exc
         except _DB_ERRORS as exc:
-            raise _unavailable(exc) from exc
+            raise self._failed(exc) from exc
 
     async def _stored(
         self, stream_id: str, ids: list[str]
