@@ -60,7 +60,7 @@ from hub.domain.sessions import Sessions
 from hub.domain.subscription import Subscription, open_inbox, open_stream
 from hub.edge.append import bearer_token
 from hub.edge.conn import client_gone, parse_cursor, query_params, reset, transport_of
-from hub.errors import BadRequest, CloseCode, HubError
+from hub.errors import BadRequest, CloseCode, HubError, Unavailable
 from hub.events import check_stream_id
 
 __all__ = ["CHUNK_BYTES", "CLOSE_GRACE", "InboxEvents", "StreamEvents", "close_block",
@@ -323,7 +323,10 @@ class EventStream:
             failed = ended
         if failed is None or client_gone(failed):
             return None
-        log.error("event stream failed", exc_info=failed)
+        if isinstance(failed, Unavailable):  # a database outage: the client resumes
+            log.warning("ending an event stream: %s", failed)
+        else:
+            log.error("event stream failed", exc_info=failed)
         return int(CloseCode.INTERNAL_ERROR)
 
 

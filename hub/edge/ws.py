@@ -68,7 +68,7 @@ from hub.edge.conn import client_gone as _client_gone
 from hub.edge.conn import gone as _gone
 from hub.edge.conn import query_params as _query
 from hub.edge.conn import transport_of as _transport_of
-from hub.errors import CloseCode, Forbidden, HubError, Unprocessable
+from hub.errors import CloseCode, Forbidden, HubError, Unavailable, Unprocessable
 from hub.events import check_stream_id
 
 __all__ = ["InboxEndpoint", "StreamEndpoint", "origin_allowed"]
@@ -372,7 +372,12 @@ class Connection:
     def _failed(exc: BaseException) -> int | None:
         if _client_gone(exc):
             return None
-        log.error("connection task failed", exc_info=exc)
+        if isinstance(exc, Unavailable):
+            # A database outage, not a fault of the hub: one line; the client resumes
+            # with since (1011) once the store answers again.
+            log.warning("closing a socket: %s", exc)
+        else:
+            log.error("connection task failed", exc_info=exc)
         return int(CloseCode.INTERNAL_ERROR)
 
 

@@ -63,6 +63,8 @@ class Timers:
             await asyncio.sleep(self.period)
             try:
                 await self.sweep()
+            except HubError as exc:  # a database outage: the next sweep tries again
+                log.warning("the order timers' sweep failed (%s); the next one tries again", exc)
             except Exception:
                 log.exception("the order timers' sweep failed; the next one tries again")
 
