@@ -400,7 +400,7 @@ def test_a_token_function_keeps_the_socket_open_on_three_second_tokens(
 ) -> None:
     """Tokens that live 3 s, from a token endpoint: refreshed before they expire, on the open
     WebSocket (`auth` frames) or by an event stream's handover, with no reconnect and no gap."""
-    seconds = 15 if transport == "websocket" else 8
+    seconds = 9 if transport == "websocket" else 8
     sid = new_stream()
     subscribe(page, sid, token_url=proxy.token_url, transports=[transport])
     wait(page, f"sock.state === 'live' && sock.transport === '{transport}'")
