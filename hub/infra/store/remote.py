@@ -109,6 +109,7 @@ log = logging.getLogger("hub.store")
 # Limits (see README "Limits").
 REQUEST_TIMEOUT_S = 10.0  # one request to the database, connecting included
 BUSY_RETRY_S = (0.05, 0.1, 0.2, 0.4, 0.8)  # pauses before running a batch again after SQLITE_BUSY
+WRITES_IN_FLIGHT = 4  # append batches one store sends at once
 CLOSE_TIMEOUT_S = 2 * REQUEST_TIMEOUT_S  # close() waits this long for appends in flight
 
 REMOTE_SCHEMES = frozenset({"libsql", "wss", "ws", "https", "http"})
@@ -218,6 +219,10 @@ class RemoteStore:
         self._tasks: set[asyncio.Task[AppendResult]] = set()
         self._dropping: set[asyncio.Task[None]] = set()  # connections being closed
         self._order = _CommitOrder(self._publish)
+        # Write transactions sent at once: the database has one writer, so more only
+        # contend for its lock (each Hrana stream is a connection of its own in sqld; 32 of
+        # them retrying SQLITE_BUSY were seen to spin sqld for minutes).
+        self._writing = asyncio.Semaphore(WRITES_IN_FLIGHT)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -390,10 +395,14 @@ class RemoteStore:
             if not fresh:
                 return AppendResult(stream_id, [stored[i] for i in ids], [], members)
             stmts, rows_at = _append_batch(stream_id, fresh, first, expected)
+            await self._writing.acquire()
             ticket = self._order.begin()
             result: AppendResult | None = None
             try:
-                results = await self._try_append(stmts, expected is not None)
+                try:
+                    results = await self._try_append(stmts, expected is not None)
+                finally:
+                    self._writing.release()
                 if results is not None:
                     new = [
                         _committed(stream_id, e, results[at])
