@@ -23,7 +23,7 @@ from typing import Any
 import libsql_client
 import pytest
 
-from hub.errors import Conflict, Unavailable
+from hub.errors import Busy, Conflict, Unavailable
 from hub.events import Event, NewEvent, Opcode, parse_draft
 from hub.infra.store import AppendResult, NotFirstEvent, Store, StreamArchived, StreamChanged
 from hub.infra.store.file import FileStore
@@ -541,6 +541,45 @@ async def test_remote_append_is_one_round_trip(standin: HranaStandin, transport:
 
 
 @transports
+async def test_remote_appends_that_arrive_together_share_batches(
+    standin: HranaStandin, commits: Commits, transport: str
+) -> None:
+    """Group commit: 200 appends sent at once (distinct streams, one stream refused, one
+    retry with other content) travel in a few Hrana batches, not 200; each gets what it
+    would alone, and the listener hears the committed ones once each, in pos order.
+
+    On the Hrana stand-in: it counts the requests that reach it, which sqld does not report
+    (the same appends against sqld: the conformance suite above and bench/remote_appends.py).
+    """
+    store = RemoteStore(remote_url(standin, transport))
+    await store.open(commits)
+    try:
+        await store.append("arch", [ev("a1")])
+        await store.delete_stream("arch")
+        await store.append("taken", [ev("t1")])
+        before = standin.counts().get(f"{transport}:batch", 0)
+        calls = [store.append(f"g{i}", [ev(f"g{i}-1"), ev(f"g{i}-2")]) for i in range(200)]
+        calls.insert(77, store.append("arch", [ev("a2")]))
+        calls.insert(150, store.append("taken", [ev("t1", payload={"other": 1})]))
+        async with asyncio.timeout(timeout(30)):
+            results = await asyncio.gather(*calls, return_exceptions=True)
+        batches = standin.counts().get(f"{transport}:batch", 0) - before
+        assert isinstance(results.pop(150), Conflict)
+        assert isinstance(results.pop(77), StreamArchived)
+        assert all(isinstance(r, AppendResult) for r in results)
+        for i, r in enumerate(results):
+            assert [(e.id, e.seq) for e in r.events] == [(f"g{i}-1", 1), (f"g{i}-2", 2)]  # type: ignore[union-attr]
+        # 4 sent at once, the rest in groups; each refused append costs its group a few
+        # more (the halves run again) and a read of its stored ids.
+        assert batches <= 40, batches
+        heard = [e for r in commits.seen for e in r.new if e.stream_id.startswith("g")]
+        assert len(heard) == 400
+        assert [e.pos for e in heard] == sorted(e.pos for e in heard)
+    finally:
+        await store.close()
+
+
+@transports
 async def test_remote_listener_order_with_answers_out_of_order(
     standin: HranaStandin, commits: Commits, transport: str
 ) -> None:
@@ -619,6 +658,34 @@ async def test_remote_append_waits_for_a_write_lock_held_elsewhere(
         finally:
             await holder.close()
             await store.close()
+
+
+async def test_remote_appends_waiting_for_a_batch_are_bounded(
+    sqld: Sqld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While sqld holds every batch (its write lock held elsewhere), appends queue up to
+    MAX_PENDING; the next is refused at once with 503 Busy and writes nothing; the queued
+    ones commit once the lock is free."""
+    monkeypatch.setattr("hub.infra.store.remote.MAX_PENDING", 10)
+    store = RemoteStore(sqld.ws_url)
+    await store.open()
+    holder = libsql_client.create_client(sqld.ws_url)
+    try:
+        tx = holder.transaction()
+        await tx.execute("INSERT INTO streams (streamId, lastSeq) VALUES ('held', 0)")
+        waiting = [asyncio.create_task(store.append(f"q{i}", [ev(f"q{i}")])) for i in range(14)]
+        await asyncio.sleep(0.3)
+        assert not any(t.done() for t in waiting)
+        with pytest.raises(Busy, match="too many writes waiting"):
+            await store.append("refused", [ev("r1")])
+        await tx.commit()
+        async with asyncio.timeout(timeout(10)):
+            results = await asyncio.gather(*waiting)
+        assert [r.events[0].seq for r in results] == [1] * 14
+        assert await store.stream_info("refused") is None
+    finally:
+        await holder.close()
+        await store.close()
 
 
 def _closed_port() -> int:

@@ -32,6 +32,15 @@ them, because every request costs a network round trip:
   since: :class:`~hub.infra.store.StreamChanged`). SQLite names the
   column in its message, which tells the two apart. They run after the inserts, so a
   retried event is recognized as a retry first, as in the embedded store.
+- **Group commit.** Appends that arrive while the store's batches are in flight wait in a
+  queue; the next batch carries all of them (up to :data:`GROUP_MAX` appends,
+  :data:`GROUP_MAX_STATEMENTS` statements, :data:`GROUP_MAX_BYTES` of payload) as one
+  transaction, one round trip. At most :data:`WRITES_IN_FLIGHT` batches are in flight, so
+  with many writers the cost of a round trip is shared by the appends that gathered
+  meanwhile: throughput follows the writers, not the latency. A failed check of one append
+  (an id stored already, archived, not first, not the expected ``seq``) rolls its whole
+  batch back; the batch is then split in halves, each run again (in order), down to the
+  append that failed, which gets its own answer as above.
 - **The commit listener sees commit order.** Answers to concurrent appends may come back
   in any order (several HTTP connections; streams served concurrently), yet
   the commit listener must see appends in the order they committed (``pos`` order: the
@@ -64,6 +73,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -110,6 +120,10 @@ log = logging.getLogger("hub.store")
 REQUEST_TIMEOUT_S = 10.0  # one request to the database, connecting included
 BUSY_RETRY_S = (0.05, 0.1, 0.2, 0.4, 0.8)  # pauses before running a batch again after SQLITE_BUSY
 WRITES_IN_FLIGHT = 4  # append batches one store sends at once
+GROUP_MAX = 128  # appends one batch carries at most (group commit)
+MAX_PENDING = 20_000  # appends waiting for a batch before new ones get 503 (as the embedded store)
+GROUP_MAX_STATEMENTS = 1024  # statements one batch of several appends carries at most
+GROUP_MAX_BYTES = 1 << 20  # event payload bytes one batch of several appends carries at most
 CLOSE_TIMEOUT_S = 2 * REQUEST_TIMEOUT_S  # close() waits this long for appends in flight
 
 REMOTE_SCHEMES = frozenset({"libsql", "wss", "ws", "https", "http"})
@@ -219,10 +233,13 @@ class RemoteStore:
         self._tasks: set[asyncio.Task[AppendResult]] = set()
         self._dropping: set[asyncio.Task[None]] = set()  # connections being closed
         self._order = _CommitOrder(self._publish)
-        # Write transactions sent at once: the database has one writer, so more only
-        # contend for its lock (each Hrana stream is a connection of its own in sqld; 32 of
-        # them retrying SQLITE_BUSY were seen to spin sqld for minutes).
-        self._writing = asyncio.Semaphore(WRITES_IN_FLIGHT)
+        # Appends waiting for a batch (group commit), and the batches in flight: at most
+        # WRITES_IN_FLIGHT, since the database has one writer and more only contend for its
+        # lock (each Hrana stream is a connection of its own in sqld; 32 of them retrying
+        # SQLITE_BUSY were seen to spin sqld for minutes).
+        self._queue: deque[_Write] = deque()
+        self._sending = 0
+        self._senders: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -272,6 +289,10 @@ class RemoteStore:
                 task.cancel()
             if late:
                 await asyncio.wait(late)
+        for sender in self._senders:  # only when their appends were cancelled above
+            sender.cancel()
+        if self._senders:
+            await asyncio.wait(set(self._senders))
         client, self._client = self._client, None
         if client is not None:
             await _close_client(client)
@@ -395,29 +416,14 @@ class RemoteStore:
             if not fresh:
                 return AppendResult(stream_id, [stored[i] for i in ids], [], members)
             stmts, rows_at = _append_batch(stream_id, fresh, first, expected)
-            await self._writing.acquire()
-            ticket = self._order.begin()
-            result: AppendResult | None = None
-            try:
-                try:
-                    results = await self._try_append(stmts, expected is not None)
-                finally:
-                    self._writing.release()
-                if results is not None:
-                    new = [
-                        _committed(stream_id, e, results[at])
-                        for e, at in zip(fresh, rows_at, strict=True)
-                    ]
-                    committed = {ev.id: ev for ev in new}
-                    result = AppendResult(
-                        stream_id,
-                        [stored.get(i) or committed[i] for i in ids],
-                        new,
-                        _members(results[-1]),
-                        tuple((str(r[0]), int(r[1]), int(r[2])) for r in results[-2].rows),
-                    )
-            finally:
-                handed_on = self._order.end(ticket, result)
+            ends = any(members_ended(e) for e in fresh)
+            outcome = _Outcome(stream_id, ids, dict(stored), fresh, rows_at, ends)
+            write = _Write(stmts, expected is not None, outcome, sum(len(e.payload) for e in fresh))
+            if len(self._queue) >= MAX_PENDING:
+                raise Busy("too many writes waiting for the streams DB; retry")
+            self._queue.append(write)
+            self._pump()
+            result, handed_on = await write.done
             if result is not None:
                 if handed_on is not None:
                     await handed_on
@@ -429,8 +435,85 @@ class RemoteStore:
                     check_retry(stored[e.id], e, stream_id)
         raise Busy("the streams DB kept refusing the append; retry")
 
+    # -- group commit --------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Send what waits in the queue, as groups, while fewer than WRITES_IN_FLIGHT
+        batches are in flight."""
+        queue = self._queue
+        while queue and self._sending < WRITES_IN_FLIGHT:
+            group = [queue.popleft()]
+            statements, size = len(group[0].stmts), group[0].size
+            while queue and len(group) < GROUP_MAX:
+                nxt = queue[0]
+                if (statements + len(nxt.stmts) > GROUP_MAX_STATEMENTS
+                        or size + nxt.size > GROUP_MAX_BYTES):  # fmt: skip
+                    break
+                group.append(queue.popleft())
+                statements += len(nxt.stmts)
+                size += nxt.size
+            self._sending += 1
+            ticket = self._order.begin()  # in sending order
+            task = asyncio.create_task(self._send(group, ticket))
+            self._senders.add(task)
+            task.add_done_callback(self._senders.discard)
+
+    async def _send(self, group: list[_Write], ticket: int) -> None:
+        """Run one group's batch; answer each of its appends, in commit order."""
+        outcomes: list[AppendResult | BaseException | None] = []
+        try:
+            outcomes = await self._run_group(group)
+        except BaseException as exc:  # cancelled by close()
+            outcomes = [Unavailable("the streams store is closed")] * len(group)
+            if not isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self._sending -= 1
+            committed = [o for o in outcomes if isinstance(o, AppendResult)]
+            handed_on = iter(self._order.end(ticket, committed))
+            for w, o in zip(group, outcomes, strict=False):
+                if w.done.done():
+                    continue
+                if isinstance(o, BaseException):
+                    w.done.set_exception(o)
+                else:
+                    w.done.set_result((o, next(handed_on) if o is not None else None))
+            for w in group:  # never left waiting, whatever happened
+                if not w.done.done():
+                    w.done.set_exception(Unavailable("the streams store is closed"))
+            self._pump()
+
+    async def _run_group(self, group: list[_Write]) -> list[AppendResult | BaseException | None]:
+        """Each append's outcome: its result, None (an id is stored already), or the error
+        to raise. A group whose batch a check of one append rolled back runs again in
+        halves, in order."""
+        if len(group) == 1:
+            return [await self._run_alone(group[0])]
+        try:
+            results = await self._raw_batch([s for w in group for s in w.stmts])
+        except libsql_client.LibsqlError as exc:
+            if not _refused(exc):
+                return [self._failed(exc) for _ in group]
+            half = len(group) // 2
+            return await self._run_group(group[:half]) + await self._run_group(group[half:])
+        except _DB_ERRORS as exc:
+            return [self._failed(exc) for _ in group]
+        outcomes: list[AppendResult | BaseException | None] = []
+        at = 0
+        for w in group:
+            outcomes.append(w.outcome.result(results[at:at + len(w.stmts)]))
+            at += len(w.stmts)
+        return outcomes
+
+    async def _run_alone(self, w: _Write) -> AppendResult | BaseException | None:
+        try:
+            results = await self._try_append(w.stmts, w.expecting)
+        except Exception as exc:  # handed to the append that waits for it
+            return exc
+        return None if results is None else w.outcome.result(results)
+
     async def _try_append(self, stmts: list[Stmt], expecting: bool) -> list[Any] | None:
-        """Run an append batch; None when an event id is stored already."""
+        """Run one append's batch; None when an event id is stored already."""
         try:
             return await self._raw_batch(stmts)
         except libsql_client.LibsqlError as exc:
@@ -521,6 +604,59 @@ class RemoteStore:
         await self._execute("SELECT 1", [])
 
 
+# -- group commit -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What one append makes of its statements' results."""
+
+    stream_id: str
+    ids: list[str]  # the append's event ids, in order
+    stored: dict[str, Event]  # those stored before (retries)
+    fresh: list[NewEvent]  # those this batch inserts
+    rows_at: list[int]  # where each fresh event's INSERT ... RETURNING is
+    ends: bool  # some event ends a membership (SELECT_ENDED is among the statements)
+
+    def result(self, results: list[Any]) -> AppendResult | BaseException:
+        try:
+            new = [
+                _committed(self.stream_id, e, results[at])
+                for e, at in zip(self.fresh, self.rows_at, strict=True)
+            ]
+        except Unavailable as exc:
+            return exc
+        committed = {ev.id: ev for ev in new}
+        return AppendResult(
+            self.stream_id,
+            [self.stored.get(i) or committed[i] for i in self.ids],
+            new,
+            _members(results[-1]),
+            tuple((str(r[0]), int(r[1]), int(r[2])) for r in results[-2].rows)
+            if self.ends
+            else (),
+        )
+
+
+@dataclass(slots=True)
+class _Write:
+    """One append waiting in the queue, or in flight in a group."""
+
+    stmts: list[Stmt]
+    expecting: bool  # CHECK_FIRST means "not the expected seq" (StreamChanged)
+    outcome: _Outcome
+    size: int  # payload bytes
+    done: asyncio.Future[tuple[AppendResult | None, asyncio.Future[None] | None]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+def _refused(exc: libsql_client.LibsqlError) -> bool:
+    """True when a check of an append rolled its batch back (not a database failure)."""
+    message = str(exc.explanation)
+    return any(text in message for text in (ARCHIVED, NOT_FIRST, DUPLICATE_ID))
+
+
 # -- commit order ---------------------------------------------------------------------
 
 
@@ -559,16 +695,21 @@ class _CommitOrder:
         self._in_flight.add(ticket)
         return ticket
 
-    def end(self, ticket: int, result: AppendResult | None) -> asyncio.Future[None] | None:
-        """The batch of ``ticket`` was answered (``result`` if it committed new events);
-        returns a future done once ``result`` has been handed on."""
+    def end(self, ticket: int, results: Sequence[AppendResult]) -> list[asyncio.Future[None]]:
+        """The batch of ``ticket`` was answered with ``results`` (the appends it committed);
+        returns, for each, a future done once it has been handed on."""
         self._in_flight.discard(ticket)
-        held = None
-        if result is not None and result.new:
-            held = _Held(result, max(self._in_flight, default=-1))
-            self._held.append(held)
+        after = max(self._in_flight, default=-1)
+        futures: list[asyncio.Future[None]] = []
+        for result in results:
+            held = _Held(result, after)
+            futures.append(held.done)
+            if result.new:
+                self._held.append(held)
+            else:
+                held.done.set_result(None)
         self._flush()
-        return held.done if held is not None else None
+        return futures
 
     def _flush(self) -> None:
         if not self._held:
@@ -616,7 +757,8 @@ def _append_batch(
         stmts.append((CHECK_FIRST, [stream_id, n]))
     elif expected is not None:
         stmts.append((CHECK_FIRST, [stream_id, expected + n]))
-    stmts.append((SELECT_ENDED, [stream_id, stream_id, n]))
+    if any(members_ended(e) for e in fresh):  # else the append ended no membership
+        stmts.append((SELECT_ENDED, [stream_id, stream_id, n]))
     stmts.append((SELECT_MEMBERS, [stream_id]))
     return stmts, rows_at
 
