@@ -40,7 +40,10 @@ them, because every request costs a network round trip:
   meanwhile: throughput follows the writers, not the latency. A failed check of one append
   (an id stored already, archived, not first, not the expected ``seq``) rolls its whole
   batch back; the batch is then split in halves, each run again (in order), down to the
-  append that failed, which gets its own answer as above.
+  append that failed, which gets its own answer as above. (Hrana itself could do better:
+  its batches take a condition per step, so each append could roll back to a savepoint of
+  its own and the others commit. libsql-client 0.3.1's ``batch`` does not expose them: it
+  runs each statement only if the one before succeeded.)
 - **The commit listener sees commit order.** Answers to concurrent appends may come back
   in any order (several HTTP connections; streams served concurrently), yet
   the commit listener must see appends in the order they committed (``pos`` order: the
