@@ -445,10 +445,16 @@ class RemoteStore:
         batches are in flight."""
         queue = self._queue
         while queue and self._sending < WRITES_IN_FLIGHT:
+            if queue[0].done.done():  # its append was cancelled (by close) while waiting
+                queue.popleft()
+                continue
             group = [queue.popleft()]
             statements, size = len(group[0].stmts), group[0].size
             while queue and len(group) < GROUP_MAX:
                 nxt = queue[0]
+                if nxt.done.done():
+                    queue.popleft()
+                    continue
                 if (statements + len(nxt.stmts) > GROUP_MAX_STATEMENTS
                         or size + nxt.size > GROUP_MAX_BYTES):  # fmt: skip
                     break
@@ -466,21 +472,24 @@ class RemoteStore:
         outcomes: list[AppendResult | BaseException | None] = []
         try:
             outcomes = await self._run_group(group)
-        except BaseException as exc:  # cancelled by close()
-            outcomes = [Unavailable("the streams store is closed")] * len(group)
-            if not isinstance(exc, asyncio.CancelledError):
-                raise
+        except asyncio.CancelledError:  # by close(); the appends are told below
+            pass
+        except Exception as exc:  # the store closed meanwhile, or a defect
+            if not isinstance(exc, Unavailable):
+                log.exception("an append batch failed")
+            outcomes = [exc] * len(group)
         finally:
             self._sending -= 1
             committed = [o for o in outcomes if isinstance(o, AppendResult)]
             handed_on = iter(self._order.end(ticket, committed))
             for w, o in zip(group, outcomes, strict=False):
+                handed = next(handed_on) if isinstance(o, AppendResult) else None
                 if w.done.done():
                     continue
                 if isinstance(o, BaseException):
                     w.done.set_exception(o)
                 else:
-                    w.done.set_result((o, next(handed_on) if o is not None else None))
+                    w.done.set_result((o, handed))
             for w in group:  # never left waiting, whatever happened
                 if not w.done.done():
                     w.done.set_exception(Unavailable("the streams store is closed"))
