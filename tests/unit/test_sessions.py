@@ -55,3 +55,37 @@ async def test_the_sweeper_runs_until_closed() -> None:
         await conn.closing.wait()
     await sessions.close()
     await sessions.close()
+
+
+async def test_the_sweeper_lets_the_loop_run_between_slices() -> None:
+    """A pass over many connections is cut in slices: other tasks run between them, so one
+    pass does not hold the loop for every socket of the instance at once."""
+    sessions = Sessions(max_per_subject=1, stall_timeout=0.2)
+    order: list[str] = []
+
+    class Counted(Conn):
+        def check_stall(self, cutoff: float) -> None:
+            order.append("check")
+            super().check_stall(cutoff)
+
+    conns = [Counted(0.0) for _ in range(2_000)]
+    for conn in conns:
+        sessions.watch(conn)
+
+    async def other() -> None:
+        while not all(c.closed for c in conns):
+            order.append("other")
+            await asyncio.sleep(0)
+
+    await sessions.start()
+    try:
+        async with asyncio.timeout(5):
+            await other()
+    finally:
+        await sessions.close()
+    assert all(c.closed for c in conns)
+    first, last = order.index("check"), len(order) - order[::-1].index("check")
+    longest = max(len(run) for run in "".join(
+        "c" if x == "check" else " " for x in order[first:last]).split())  # fmt: skip
+    assert longest <= 500, longest  # never every connection in one go
+    assert "other" in order[first:last]
