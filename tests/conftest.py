@@ -147,9 +147,15 @@ def hub_factory(tmp_path: Path) -> Iterator[Callable[..., HubProcess]]:
         return h
 
     yield make
-    for h in started:
+    failures: list[AssertionError] = []
+    for h in started:  # every hub stopped, whichever one's log shows a problem
         if h.proc is not None and h.proc.poll() is None:
-            h.stop()
+            try:
+                h.stop()
+            except AssertionError as exc:
+                failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
@@ -88,7 +88,13 @@ def error_handlers(metrics: Metrics) -> dict[Any, Handler]:
             {"error": {"code": "internal", "message": "internal error"}}, status_code=500
         )
 
-    return {HubError: hub_error, HTTPException: http_error, Exception: internal_error}
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        # The client went away before its body arrived: nobody to answer, nothing to log
+        # (caught here, not by the Exception handler, which logs and re-raises to uvicorn).
+        return Response(status_code=400)
+
+    return {HubError: hub_error, HTTPException: http_error, ClientDisconnect: client_gone,
+            Exception: internal_error}  # fmt: skip
 
 
 class StaticPages:
