@@ -418,8 +418,8 @@ class RemoteStore:
             fresh = [e for e in events if e.id not in stored]
             if not fresh:
                 return AppendResult(stream_id, [stored[i] for i in ids], [], members)
-            stmts, rows_at = _append_batch(stream_id, fresh, first, expected)
             ends = any(members_ended(e) for e in fresh)
+            stmts, rows_at = _append_batch(stream_id, fresh, first, expected, ends=ends)
             outcome = _Outcome(stream_id, ids, dict(stored), fresh, rows_at, ends)
             write = _Write(stmts, expected is not None, outcome, sum(len(e.payload) for e in fresh))
             if len(self._queue) >= MAX_PENDING:
@@ -744,7 +744,8 @@ class _CommitOrder:
 
 
 def _append_batch(
-    stream_id: str, fresh: list[NewEvent], first: bool, expected: int | None = None
+    stream_id: str, fresh: list[NewEvent], first: bool, expected: int | None = None,
+    *, ends: bool,
 ) -> tuple[list[Stmt], list[int]]:
     """The statements of one append (see the module docstring), and where each
     event's ``INSERT ... RETURNING`` is among them."""
@@ -769,7 +770,7 @@ def _append_batch(
         stmts.append((CHECK_FIRST, [stream_id, n]))
     elif expected is not None:
         stmts.append((CHECK_FIRST, [stream_id, expected + n]))
-    if any(members_ended(e) for e in fresh):  # else the append ended no membership
+    if ends:  # some event ends a membership (else none was ended)
         stmts.append((SELECT_ENDED, [stream_id, stream_id, n]))
     stmts.append((SELECT_MEMBERS, [stream_id]))
     return stmts, rows_at
