@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import re
 import resource
+import signal
 import sqlite3
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -211,3 +213,62 @@ async def test_location_frame_does_not_wait_for_the_write(
             await asyncio.sleep(0.3)
             assert diff(before, await writes(c)) == {"streams": 0, "tenant": 1, "public": 0}
             assert not inbox.of("error"), inbox.frames
+
+
+POINTS = [(25.2650, 55.3320), (25.2660, 55.3330), (25.2670, 55.3340), (25.2680, 55.3350)]
+
+
+@contextlib.contextmanager
+def syncs_of(pid: int, out: Path) -> Iterator[list[str]]:
+    """The fsync/fdatasync calls ``pid`` makes inside the block (strace, every thread; each
+    as strace prints it, with the file's path): the list is filled when the block ends."""
+    calls: list[str] = []
+    tracer = subprocess.Popen(
+        ["strace", "-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o", str(out),
+         "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        status = Path(f"/proc/{pid}/status")
+        while "TracerPid:\t0" in status.read_text():  # attached once the tracer shows
+            assert tracer.poll() is None, "strace did not attach"
+            assert time.monotonic() < deadline, "strace did not attach"
+            time.sleep(0.02)
+        time.sleep(0.2)  # the process's other threads are attached after the first
+        yield calls
+    finally:
+        tracer.send_signal(signal.SIGINT)  # detaches; the traced hub runs on
+        tracer.wait(timeout=10)
+    calls.extend(line for line in out.read_text().splitlines() if "sync(" in line)
+
+
+async def test_a_position_is_committed_without_an_fsync_and_an_order_row_with_one(
+    hub_factory: Callable[..., HubProcess], tmp_path: Path
+) -> None:
+    """A GPS position may be lost to a power cut (docs/protocol.md §4.3), so its commit does
+    not wait for an fsync; an order's tenant rows still do (a real hub, its syscalls seen by
+    strace). Before this, every position cost its driver's DB an fsync."""
+    data = tmp_path / "data"
+    run_seed(data)
+    hub = hub_factory(data_dir=data)
+    assert hub.proc is not None
+    async with http(hub) as c:
+        before = await writes(c)
+        with syncs_of(hub.proc.pid, tmp_path / "strace.txt") as calls:
+            for i, point in enumerate(POINTS):
+                if i:
+                    await asyncio.sleep(1.05)  # 1 s apart: each one written (not coalesced)
+                r = await c.post("/api/motion", json=dict(zip(("lat", "lng"), point, strict=True)),
+                                 headers=RAMI)  # fmt: skip
+                assert r.status_code == 200, r.text
+                await until(lambda p=point: position(data) == p, 3, "the position in rami.db")
+            await place(c, ORDER)  # the customer's and the restaurant's tenant rows, durable
+            await asyncio.sleep(0.2)
+        assert diff(before, await writes(c)) == {"streams": 1, "tenant": len(POINTS) + 2,
+                                                 "public": 0}  # fmt: skip
+    rami = [line for line in calls if "/tenants/rami.db" in line]
+    ali = [line for line in calls if "/tenants/ali.db" in line]
+    assert ali, f"the order's tenant row was committed without an fsync: {calls}"
+    # SQLite syncs a WAL's header when it starts the log afresh (here: the first write
+    # after the hub opened rami.db), whatever the setting: that one, no more.
+    assert len(rami) <= 1, f"positions waited for an fsync: {rami}"

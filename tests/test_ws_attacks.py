@@ -274,7 +274,7 @@ class _Boom(Exception):
 
 
 class _FailingDb:
-    async def execute(self, *args: object) -> None:
+    async def execute(self, *args: object, **kw: object) -> None:
         raise _Boom("the driver's DB failed a write")
 
 

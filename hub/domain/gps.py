@@ -207,9 +207,10 @@ class Gps:
 
     async def _write(self, driver: str, lat: float, lng: float, ts: str) -> None:
         db = self.tenants.tenant(driver)
-        # seenAt: the fix's time, on the same row, so a ping still writes one row.
+        # seenAt: the fix's time, on the same row, so a ping still writes one row. Not
+        # durable: a position may be lost (docs/protocol.md §7), the next one replaces it.
         await db.execute("UPDATE points SET lat = ?, lng = ?, seenAt = ? WHERE nodeId = ?",
-                         [lat, lng, ts, driver])  # fmt: skip
+                         [lat, lng, ts, driver], durable=False)  # fmt: skip
 
     async def _streams_of(self, driver: str) -> list[str]:
         """The driver's undelivered orders (cached for :data:`STREAMS_TTL` seconds)."""

@@ -142,8 +142,11 @@ class Namespace(Protocol):
 
 
 class Database(Protocol):
-    async def execute(self, sql: str, args: Sequence[Any] = ()) -> Result:
-        """Run one statement (autocommit)."""
+    async def execute(self, sql: str, args: Sequence[Any] = (), *, durable: bool = True) -> Result:
+        """Run one statement (autocommit). ``durable=False``: a statement whose change may be
+        lost to a power cut (not to a crash of the process): an embedded database commits it
+        without waiting for its fsync (the next durable commit carries it to the disk); a
+        remote one as the server commits everything."""
 
     async def batch(self, stmts: Sequence[Stmt]) -> list[Result]:
         """Run statements in one transaction; all or nothing."""
@@ -198,6 +201,7 @@ class FileDatabase:
         self._schema = schema
         self._on_write = on_write
         self._conn: sqlite3.Connection | None = None
+        self._durable = True  # the connection's synchronous setting: FULL (True) or NORMAL
         self._lock = threading.Lock()
 
     def _connection(self) -> sqlite3.Connection:
@@ -223,8 +227,9 @@ class FileDatabase:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+            self._durable = True
 
-    def _run(self, stmts: Sequence[Stmt], atomic: bool) -> list[Result]:
+    def _run(self, stmts: Sequence[Stmt], atomic: bool, durable: bool = True) -> list[Result]:
         with self._lock:
             try:
                 # Opening can fail too (a full disk, a missing directory): same answer.
@@ -232,6 +237,11 @@ class FileDatabase:
             except (sqlite3.Error, OSError) as exc:
                 raise DatabaseError(f"{self.path.name}: {exc}") from None
             try:
+                if durable is not self._durable:
+                    # WAL with synchronous=NORMAL commits without an fsync; a later FULL
+                    # commit's fsync of the log carries this one too.
+                    conn.execute("PRAGMA synchronous=" + ("FULL" if durable else "NORMAL"))
+                    self._durable = durable
                 if atomic:
                     conn.execute("BEGIN IMMEDIATE")
                 out = []
@@ -253,10 +263,11 @@ class FileDatabase:
                     raise GuardFailed(name) from None
                 raise DatabaseError(f"{self.path.name}: {exc}") from None
 
-    async def _submit(self, stmts: Sequence[Stmt], atomic: bool) -> list[Result]:
+    async def _submit(self, stmts: Sequence[Stmt], atomic: bool,
+                      durable: bool = True) -> list[Result]:  # fmt: skip
         loop = asyncio.get_running_loop()
         results = await _watched(
-            self._health, loop.run_in_executor(self._pool, self._run, stmts, atomic)
+            self._health, loop.run_in_executor(self._pool, self._run, stmts, atomic, durable)
         )
         if self._on_write is not None:
             n = _count_writes(stmts, results)
@@ -264,8 +275,8 @@ class FileDatabase:
                 self._on_write(n)
         return results
 
-    async def execute(self, sql: str, args: Sequence[Any] = ()) -> Result:
-        return (await self._submit([(sql, args)], False))[0]
+    async def execute(self, sql: str, args: Sequence[Any] = (), *, durable: bool = True) -> Result:
+        return (await self._submit([(sql, args)], False, durable))[0]
 
     async def batch(self, stmts: Sequence[Stmt]) -> list[Result]:
         return await self._submit(stmts, True)
@@ -346,8 +357,8 @@ class RemoteDatabase:
             raise DatabaseError(f"remote database unreachable: {exc}") from None
         return [Result([tuple(r) for r in res.rows], int(res.rows_affected or 0)) for res in rs]
 
-    async def execute(self, sql: str, args: Sequence[Any] = ()) -> Result:
-        return (await self.batch([(sql, args)]))[0]
+    async def execute(self, sql: str, args: Sequence[Any] = (), *, durable: bool = True) -> Result:
+        return (await self.batch([(sql, args)]))[0]  # the server decides its durability
 
     async def _first_use(self, stmts: Sequence[Stmt]) -> list[Result] | None:
         """Before the first statement of a database made on demand: None once it exists,
