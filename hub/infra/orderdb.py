@@ -10,8 +10,9 @@ lives in the statements themselves:
   ``applied`` list being what was read, each followed by a :func:`~hub.infra.db.guard`: the
   batch is all or nothing, and stock never goes below zero whatever runs concurrently;
 - a driver is claimed in the public DB by a conditional UPDATE that records the order in
-  ``claim``: exactly one order gets an idle driver, and a retried assignment finds it; a
-  claim whose TASK_ASSIGN can never come is undone (:meth:`OrderDb.undo_claim`);
+  ``claim``: exactly one order gets an idle driver, an order gets at most one claimed driver
+  (whichever instance claims), and a retried assignment finds it; a claim whose TASK_ASSIGN
+  can never come is undone (:meth:`OrderDb.undo_claim`);
 - a cancelled order's stock goes back once: the batch that adds it back first inserts the
   order's return ledger row (``return#{order}``, a node of type ``stock-return``) and is
   guarded on that insert, so a second run (a retry, a restart, a racing instance) changes
@@ -279,11 +280,15 @@ class OrderDb:
         return DriverPoint(*r.rows[0]) if r.rows else None
 
     async def claim_idle_driver(self, order_id: str, driver: DriverPoint) -> bool:
-        """Claim ``driver`` for ``order_id`` if it is still idle and unclaimed."""
+        """Claim ``driver`` for ``order_id`` if it is still idle and unclaimed and no driver
+        is claimed for the order yet: of two instances assigning one order at once, one
+        claims a driver and the other finds that claim (:meth:`claimed_for`), so no claim is
+        made only to be undone when the other's TASK_ASSIGN lands."""
         r = await self.tenants.public.execute(
             "UPDATE points SET openNow = false, claim = ? WHERE id = ? AND workspaceId = ?"
-            " AND openNow = true AND availability = 'idle' AND claim IS NULL",
-            [order_id, driver.point_id, driver.driver],
+            " AND openNow = true AND availability = 'idle' AND claim IS NULL"
+            " AND NOT EXISTS (SELECT 1 FROM points WHERE claim = ?)",
+            [order_id, driver.point_id, driver.driver, order_id],
         )
         return r.rowcount == 1
 

@@ -2,16 +2,21 @@
 cancel) and reassignment, and drivers free again after Step 10.
 
 A ready order gets the nearest idle driver, claimed in the public DB by a conditional
-UPDATE that records the order in ``claim``: exactly one order gets an idle driver, and a
-retried Step 6 finds it. An order that finds no idle driver stays ``ready`` and is offered
-the next driver that becomes idle (:meth:`Dispatch.assign_waiting`). At start-up,
-:meth:`Dispatch.recover` finishes what a crash left half-done across the databases.
+UPDATE that records the order in ``claim``: exactly one order gets an idle driver, an order
+gets at most one claimed driver, and a retried Step 6 finds it, as does another instance
+assigning the same order at once (so neither claims a driver only to undo the claim when
+the other's TASK_ASSIGN lands: two public-DB rows that no order accounts for). An order
+that finds no idle driver stays ``ready`` and is offered the next driver that becomes idle
+(:meth:`Dispatch.assign_waiting`). At start-up, :meth:`Dispatch.recover` finishes what a
+crash left half-done across the databases.
 
 A claim must end in the order's TASK_ASSIGN or be undone: a driver claimed for an order
 that never names him is ``en-route`` with nothing to deliver, and can neither go offline
 nor come online. So Step 6 checks first everything that could refuse the TASK_ASSIGN (the
 order ready, accepted by the kitchen, not assigned), undoes the claim when the append is
-refused after all (:meth:`Dispatch._undo`), and start-up recovery completes or undoes every
+refused after all (:meth:`Dispatch._undo`; when the stream merely changed, the order is
+read again with the claim kept, and the claim undone only if the order then wants no driver
+or has another), and start-up recovery completes or undoes every
 claim whose order has no TASK_ASSIGN for its driver. Only a claim whose append may have
 committed (503: the streams DB did not answer) is kept: the order stays ``ready`` and the
 next attempt (a retried ``ready``, a driver coming online, a delivery, a restart) finds
@@ -85,37 +90,54 @@ class Dispatch:
     async def assign(self, order_id: str) -> list[Event] | None:
         """Step 6: give a ready order the nearest idle driver. The TASK_ASSIGN written
         (or, assigned meanwhile elsewhere, the one that was); ``[]`` when the order wants
-        no driver; None when no driver is idle (the order stays ready)."""
+        no driver; None when no driver is idle (the order stays ready).
+
+        Another instance may be assigning the same order at once (its ``ready``, a driver
+        delivering or coming online there): the order gets one claimed driver, which both
+        find (:meth:`_claim`), and both append the same TASK_ASSIGN onto the stream; the one
+        that loses reads the order again and finds it assigned. A claim is kept while the
+        order is read again (the stream changed: another instance's TASK_ASSIGN, or a
+        party's event), and undone only when the order turns out to want no driver, or
+        to have another one, or the assignment fails otherwise: undone on a mere change
+        of the stream, it could be another instance's claim whose TASK_ASSIGN is landing."""
         async with self._assign, self._locked(order_id):
-            for _ in range(ASSIGN_ATTEMPTS):
-                state = await load(self.node, order_id)
-                if state.status == "assigned" and state.assigned_at is not None:
-                    return [state.assigned_at]  # assigned meanwhile (another instance)
-                if state.driver is not None or state.status != "ready":
-                    return []
-                # What would refuse the TASK_ASSIGN, checked before a driver is claimed.
-                state.check_items()
-                check_accepted(state)
-                node_id, lat, lng = await find_restaurant(self.db, state.restaurant)
-                claimed = await self._claim(state, lat, lng)
-                if claimed is None:
-                    return None  # stays ready; assigned when a driver becomes idle
-                try:
-                    written = await self._assign_to(state, claimed, node_id, (lat, lng))
-                except Unavailable:
-                    raise  # it may have committed: the claim stays, the next attempt ends it
-                except (StreamChanged, Conflict):
-                    # Another step, or another instance's TASK_ASSIGN (same id, another
-                    # driver), landed first: read the order again.
+            claimed: DriverPoint | None = None
+            settled: OrderState | None = None  # the order, once it wants no driver from here
+            try:
+                for _ in range(ASSIGN_ATTEMPTS):
+                    state = await load(self.node, order_id)
+                    if state.driver is not None or state.status != "ready":
+                        settled = state
+                        break
+                    # What would refuse the TASK_ASSIGN, checked before a driver is claimed.
+                    state.check_items()
+                    check_accepted(state)
+                    node_id, lat, lng = await find_restaurant(self.db, state.restaurant)
+                    claimed = await self._claim(state, lat, lng)
+                    if claimed is None:
+                        return None  # stays ready; assigned when a driver becomes idle
+                    try:
+                        written = await self._assign_to(state, claimed, node_id, (lat, lng))
+                    except (StreamChanged, Conflict):
+                        # Another step, or another instance's TASK_ASSIGN (the same one:
+                        # the same claimed driver), landed first: read the order again.
+                        continue
+                    if self.gps is not None:
+                        self.gps.forget(claimed.driver)
+                    return written
+            except Unavailable:
+                raise  # it may have committed: the claim stays, the next attempt ends it
+            except Exception:
+                if claimed is not None:
                     await self._undo(order_id, claimed.driver)
-                    continue
-                except Exception:
-                    await self._undo(order_id, claimed.driver)
-                    raise
-                if self.gps is not None:
-                    self.gps.forget(claimed.driver)
-                return written
-            raise Busy("the order kept changing while a driver was assigned; retry")
+                raise
+            if claimed is not None:  # kept when he is the order's driver
+                await self._undo(order_id, claimed.driver)
+            if settled is None:
+                raise Busy("the order kept changing while a driver was assigned; retry")
+            if settled.status == "assigned" and settled.assigned_at is not None:
+                return [settled.assigned_at]  # assigned meanwhile (another instance)
+            return []
 
     async def _assign_to(self, state: OrderState, claimed: DriverPoint, node_id: str,
                          at: tuple[float | None, float | None]) -> list[Event]:  # fmt: skip
@@ -155,8 +177,9 @@ class Dispatch:
 
     async def _claim(self, state: OrderState, lat: float | None, lng: float | None
                      ) -> DriverPoint | None:  # fmt: skip
-        """The driver claimed for the order: one claimed already (a retry), else the
-        nearest idle one who did not decline it, claimed now; None when no driver is idle."""
+        """The driver claimed for the order: one claimed already (a retry, or another
+        instance assigning the order at once), else the nearest idle one who did not
+        decline it, claimed now; None when no driver is idle."""
         order_id = state.order_id
         claimed = await self.db.claimed_for(order_id)
         if claimed is not None and claimed.driver in state.unassigned:
@@ -171,6 +194,10 @@ class Dispatch:
                 return None
             if await self.db.claim_idle_driver(order_id, candidate):
                 claimed = candidate
+            else:
+                # Claimed meanwhile for another order, or another driver was claimed for
+                # this one (another instance): that claim is this order's.
+                claimed = await self.db.claimed_for(order_id)
         return claimed
 
     async def assign_waiting(self) -> None:
