@@ -273,14 +273,9 @@ class _Boom(Exception):
     pass
 
 
-class _FailingDb:
-    async def execute(self, *args: object, **kw: object) -> None:
-        raise _Boom("the driver's DB failed a write")
-
-
 class _Tenants:
-    def tenant(self, driver: str) -> _FailingDb:
-        return _FailingDb()
+    async def execute_each(self, work: list[object], **kw: object) -> list[BaseException]:
+        return [_Boom("the driver's DB failed a write") for _ in work]
 
 
 class _Store:
@@ -302,6 +297,7 @@ async def test_a_failed_gps_write_is_freed_without_the_cyclic_collector() -> Non
     ``location`` frame) left its task, its error and the frames of its callers in a cycle
     (the task's error -> the traceback -> Gps.ping's frame -> the task)."""
     gps = Gps(_Tenants(), _Store(), _Broker(), Metrics())  # type: ignore[arg-type]
+    await gps.start()
 
     async def caller(driver: str) -> None:
         held = _Caller()  # in this frame until it returns (then in the traceback's)
@@ -321,6 +317,7 @@ async def test_a_failed_gps_write_is_freed_without_the_cyclic_collector() -> Non
     finally:
         gps_log.disabled = False
         gc.enable()
+        await gps.close()
     assert left == 0, f"{left} callers of failed writes kept in cycles"
 
 

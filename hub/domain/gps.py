@@ -9,11 +9,14 @@ subscribers of the driver's undelivered orders as a ``location`` frame (through 
 broker, so on every instance). Pings over ``max_rate`` per second per driver are
 dropped and counted, not queued.
 
-The ``location`` frame goes out before the write is waited for: the write (an fsync)
-starts at once and runs beside the fan-out. A driver has at most one write in flight;
-a position due while one is (a disk slower than ``interval``) stays pending and is
-written, latest only, when it completes. The flusher starts the due writes without
-waiting for each, so one slow fsync does not hold back every other driver's.
+The ``location`` frame goes out before the write is waited for: the write starts at once
+and runs beside the fan-out. Writes go to the tenant-DB threads in batches: the writer
+sends every position queued while the previous batch ran (up to :data:`WRITE_BATCH`) in
+one job, each still its own transaction in its driver's DB, so a thousand drivers cost a
+few hops to a thread a second rather than a thousand. A position is committed without
+waiting for its fsync (docs/protocol.md §4.3: a power cut may lose the last ones). A
+driver has at most one write in flight; a position due while one is (a disk slower than
+``interval``) stays pending and is written, latest only, when it completes.
 
 With a :class:`Tracker` (:class:`hub.domain.tracking.Tracking`) each fix is first handed
 to it: it refuses an impossible one (422, nothing written or sent), and makes the
@@ -31,6 +34,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
@@ -48,6 +52,19 @@ log = logging.getLogger("hub.gps")
 
 STREAMS_TTL = 1.0  # seconds a driver's list of open orders is cached
 MAX_TRACKED = 100_000  # drivers remembered at once (oldest forgotten first)
+WRITE_BATCH = 512  # positions sent to the tenant-DB threads in one job, at most
+# seenAt: the fix's time, on the same row, so a ping still writes one row.
+POSITION_SQL = "UPDATE points SET lat = ?, lng = ?, seenAt = ? WHERE nodeId = ?"
+
+
+@dataclass(slots=True)
+class _Queued:
+    """A position waiting for the writer (``done``: its write's future, if anyone's)."""
+
+    lat: float
+    lng: float
+    ts: str
+    done: asyncio.Future[None] | None
 
 
 class Stamped(Protocol):
@@ -80,7 +97,8 @@ def check_position(lat: float, lng: float) -> None:
 
 
 class Gps:
-    """Coalesces GPS writes per driver and fans positions out; owns one flusher task.
+    """Coalesces GPS writes per driver and fans positions out; owns two tasks: the flusher
+    (pending positions, when due) and the writer (the batches).
 
     Positions are written to the driver's DB in ``tenants``; the driver's open orders are
     found in the ``store`` and their subscribers reached through the ``broker``.
@@ -101,27 +119,32 @@ class Gps:
         self._due: DueQueue[str] = DueQueue()
         self._streams: dict[str, tuple[float, list[str]]] = {}
         self._window: dict[str, deque[float]] = {}  # driver -> times of pings in the last 1 s
-        self._writing: dict[str, asyncio.Task[None]] = {}  # driver -> its write in flight
-        self._task: asyncio.Task[None] | None = None
+        self._writing: dict[str, asyncio.Future[None]] = {}  # driver -> his write under way
+        self._queue: dict[str, _Queued] = {}  # writes waiting for the writer's next batch
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         if self.tracker is not None:
             await self.tracker.start()
-        self._task = asyncio.create_task(self._flusher(), name="hub-gps-flusher")
+        self._tasks = [asyncio.create_task(self._flusher(), name="hub-gps-flusher"),
+                       asyncio.create_task(self._writer(), name="hub-gps-writer")]  # fmt: skip
 
     async def close(self) -> None:
-        """Stop the flusher, then write what is still pending (best effort); then the
-        tracker."""
-        task, self._task = self._task, None
-        if task is not None:
+        """Stop the flusher and the writer, then write what is queued or pending (best
+        effort); then the tracker."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await asyncio.gather(*self._writing.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        queued, self._queue = list(self._queue.items()), {}
         pending, self._pending = self._pending, {}
         for driver, (lat, lng, ts) in pending.items():
-            with contextlib.suppress(Exception):
-                await self._write(driver, lat, lng, ts)
+            if not any(d == driver for d, _ in queued):
+                queued.append((driver, _Queued(lat, lng, ts, None)))
+        with contextlib.suppress(Exception):
+            await self._write_batch(queued)
+        await asyncio.gather(*self._writing.values(), return_exceptions=True)
         if self.tracker is not None:
             await self.tracker.close()
 
@@ -190,27 +213,58 @@ class Gps:
                 self._window.pop(d, None)
                 self._streams.pop(d, None)
 
-    def _start_write(self, driver: str, lat: float, lng: float, ts: str) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(self._write(driver, lat, lng, ts))
-        self._writing[driver] = task
-        task.add_done_callback(partial(self._written, driver))
-        return task
+    def _start_write(self, driver: str, lat: float, lng: float, ts: str) -> asyncio.Future[None]:
+        """Queue a write of ``driver`` (none of his is under way) for the next batch."""
+        done = asyncio.get_running_loop().create_future()
+        self._writing[driver] = done
+        done.add_done_callback(partial(self._written, driver))
+        self._queue[driver] = _Queued(lat, lng, ts, done)
+        self._wake.set()
+        return done
 
-    def _written(self, driver: str, task: asyncio.Task[None]) -> None:
-        if self._writing.get(driver) is task:
+    def _written(self, driver: str, done: asyncio.Future[None]) -> None:
+        if self._writing.get(driver) is done:
             del self._writing[driver]
-        if not task.cancelled() and (exc := task.exception()) is not None:
+        if not done.cancelled() and (exc := done.exception()) is not None:
             log.warning("GPS write for %s failed: %s", driver, exc)
         if driver in self._pending:  # came while this write was in flight
             due = self._last_write.get(driver, 0.0) + self.interval
             self._due.put(driver, max(time.monotonic(), due))
 
-    async def _write(self, driver: str, lat: float, lng: float, ts: str) -> None:
-        db = self.tenants.tenant(driver)
-        # seenAt: the fix's time, on the same row, so a ping still writes one row. Not
-        # durable: a position may be lost (docs/protocol.md §7), the next one replaces it.
-        await db.execute("UPDATE points SET lat = ?, lng = ?, seenAt = ? WHERE nodeId = ?",
-                         [lat, lng, ts, driver], durable=False)  # fmt: skip
+    async def _writer(self) -> None:
+        """Write the queued positions, in batches of those queued meanwhile."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch = []
+                for driver in self._queue:
+                    batch.append(driver)
+                    if len(batch) >= WRITE_BATCH:
+                        break
+                await self._write_batch([(d, self._queue.pop(d)) for d in batch])
+
+    async def _write_batch(self, batch: list[tuple[str, _Queued]]) -> None:
+        """Each position into its driver's DB (not durable: a position may be lost, the
+        next one replaces it); each write's future told how it went."""
+        if not batch:
+            return
+        try:
+            outcomes = await self.tenants.execute_each(
+                [(d, (POSITION_SQL, [q.lat, q.lng, q.ts, d])) for d, q in batch], durable=False
+            )
+        except BaseException:
+            for _, q in batch:
+                if q.done is not None and not q.done.done():
+                    q.done.cancel()
+            raise
+        for (_, q), exc in zip(batch, outcomes, strict=True):
+            if q.done is None or q.done.done():
+                continue
+            if exc is None:
+                q.done.set_result(None)
+            else:
+                q.done.set_exception(exc)
 
     async def _streams_of(self, driver: str) -> list[str]:
         """The driver's undelivered orders (cached for :data:`STREAMS_TTL` seconds)."""

@@ -46,6 +46,7 @@ __all__ = [
     "WriteCounter",
     "WriteHealth",
     "empty_run",
+    "execute_each",
     "guard",
     "open_database",
 ]
@@ -269,11 +270,33 @@ class FileDatabase:
         results = await _watched(
             self._health, loop.run_in_executor(self._pool, self._run, stmts, atomic, durable)
         )
+        self._counted(stmts, results)
+        return results
+
+    def _counted(self, stmts: Sequence[Stmt], results: Sequence[Result]) -> None:
         if self._on_write is not None:
             n = _count_writes(stmts, results)
             if n:
                 self._on_write(n)
-        return results
+
+    def _run_one(self, stmt: Stmt, durable: bool) -> Result | Exception:
+        """:meth:`_run` of one statement in a worker thread, its error returned."""
+        try:
+            return self._run([stmt], False, durable)[0]
+        except Exception as exc:
+            return exc
+
+    def _settle(self, stmt: Stmt, outcome: Result | Exception) -> Exception | None:
+        """Back on the loop: count the write, tell the health; the error, if any."""
+        if isinstance(outcome, Exception):
+            if self._health is not None and isinstance(outcome, DatabaseError) \
+                    and not isinstance(outcome, GuardFailed):  # fmt: skip
+                self._health.failed(str(outcome))
+            return outcome
+        if self._health is not None:
+            self._health.succeeded()
+        self._counted([stmt], [outcome])
+        return None
 
     async def execute(self, sql: str, args: Sequence[Any] = (), *, durable: bool = True) -> Result:
         return (await self._submit([(sql, args)], False, durable))[0]
@@ -416,6 +439,39 @@ class RemoteDatabase:
         client, self._client = self._client, None
         if client is not None:
             await client.close()
+
+
+async def execute_each(pool: ThreadPoolExecutor, work: Sequence[tuple[Database, Stmt]], *,
+                       durable: bool = True) -> list[BaseException | None]:  # fmt: skip
+    """Run one statement in each of several databases, each its own transaction, and say
+    how each went (None, or its error), in order.
+
+    The embedded ones run in one job on ``pool``, one after the other: one hop to a
+    thread for all of them, where :meth:`Database.execute` makes one each (the GPS writes
+    a position into each driver's own DB once a second). The remote ones run concurrently.
+    """
+    outcomes: list[BaseException | None] = [None] * len(work)
+    files = [(i, db, stmt) for i, (db, stmt) in enumerate(work) if isinstance(db, FileDatabase)]
+    others = [(i, db, stmt) for i, (db, stmt) in enumerate(work)
+              if not isinstance(db, FileDatabase)]  # fmt: skip
+
+    def run_files() -> list[Result | Exception]:
+        return [db._run_one(stmt, durable) for _, db, stmt in files]
+
+    async def run_others() -> list[Any]:
+        runs = (db.execute(stmt[0], stmt[1], durable=durable) for _, db, stmt in others)
+        return await asyncio.gather(*runs, return_exceptions=True)
+
+    loop = asyncio.get_running_loop()
+    ran, remote = await asyncio.gather(
+        loop.run_in_executor(pool, run_files) if files else asyncio.sleep(0, []),
+        run_others(),
+    )
+    for (i, db, stmt), outcome in zip(files, ran, strict=True):
+        outcomes[i] = db._settle(stmt, outcome)
+    for (i, _, _), result in zip(others, remote, strict=True):
+        outcomes[i] = result if isinstance(result, BaseException) else None
+    return outcomes
 
 
 async def _watched(health: WriteHealth | None, work: Awaitable[T]) -> T:

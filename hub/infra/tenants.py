@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -45,7 +45,7 @@ from prometheus_client.registry import Collector
 from hub.config import check_tenant_admin
 from hub.errors import BadRequest
 from hub.events import check_tenant_id
-from hub.infra.db import Database, WriteCounter, WriteHealth, open_database
+from hub.infra.db import Database, Stmt, WriteCounter, WriteHealth, execute_each, open_database
 from hub.infra.namespaces import Namespaces, namespace_of
 from hub.infra.store.file import path_from_url
 from hub.metrics import Metrics
@@ -282,6 +282,23 @@ class Tenants:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
         return db
+
+    async def execute_each(self, work: Sequence[tuple[str, Stmt]], *,
+                           durable: bool = True) -> list[BaseException | None]:  # fmt: skip
+        """One statement in each of several tenants' DBs (:func:`~hub.infra.db.execute_each`:
+        the embedded ones in one hop to a thread), each its own transaction; how each went
+        (None, or its error), in order."""
+        outcomes: list[BaseException | None] = [None] * len(work)
+        dbs: list[tuple[int, Database, Stmt]] = []
+        for i, (tenant, stmt) in enumerate(work):
+            try:
+                dbs.append((i, self.tenant(tenant), stmt))
+            except Exception as exc:  # an id refused (remote namespaces)
+                outcomes[i] = exc
+        ran = await execute_each(self._pool, [(db, stmt) for _, db, stmt in dbs], durable=durable)
+        for (i, _, _), outcome in zip(dbs, ran, strict=True):
+            outcomes[i] = outcome
+        return outcomes
 
     async def close(self) -> None:
         if self._closed:
