@@ -451,6 +451,34 @@ async def test_find_streams(store: Store) -> None:
         "ord-a"]  # fmt: skip
 
 
+async def test_streams_of_members_is_find_streams_for_each(store: Store) -> None:
+    """streams_of_members answers for several members in one query what find_streams
+    answers for each (the GPS asks it for the drivers pinging at once): open memberships
+    only, unarchived streams, the opcode tests, oldest first, at most ``limit`` each."""
+    await store.append("ord-a", [order_create("a1", customer="c1")], first=True)
+    await store.append("ord-b", [order_create("b1", customer="c2")], first=True)
+    await store.append("ord-c", [order_create("c1", customer="c1")], first=True)
+    await store.append("ord-d", [order_create("d1", customer="c3")], first=True)
+    await store.append("ord-b", [task_assign("b2", "d1")])
+    await store.append("ord-c", [task_assign("c2", "d1")])
+    await store.append("ord-d", [task_assign("d2", "d2"), task_unassign("d3", "d2")])
+    await store.append("ord-d", [task_assign("d4", "d1")])
+    await store.append("ord-a", [task_assign("a2", "d3"), ev("a3", Opcode.ORDER_DELIVER)])
+    await store.append("ord-c", [ev("c3")])
+    await store.delete_stream("ord-c")
+    drivers = ["d1", "d2", "d3", "nobody"]
+    cases = [(Opcode.TASK_ASSIGN, Opcode.ORDER_DELIVER, 20), (None, None, 1000),
+             (Opcode.TASK_ASSIGN, None, 1), (None, (Opcode.ORDER_DELIVER, Opcode.ORDER_CANCEL), 5)]
+    for having, lacking, limit in cases:
+        got = await store.streams_of_members(drivers, having=having, lacking=lacking, limit=limit)
+        each = {d: await store.find_streams(having=having, lacking=lacking, member=d, limit=limit)
+                for d in drivers}  # fmt: skip
+        assert got == each, (having, lacking, limit)
+    assert await store.streams_of_members(
+        drivers, having=Opcode.TASK_ASSIGN, lacking=Opcode.ORDER_DELIVER, limit=20
+    ) == {"d1": ["ord-b", "ord-d"], "d2": [], "d3": [], "nobody": []}
+
+
 async def test_stream_opcodes(store: Store) -> None:
     """stream_opcodes names which of the asked opcodes a stream holds, each with the seq
     of its last event, and no others."""

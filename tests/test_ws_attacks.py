@@ -279,8 +279,8 @@ class _Tenants:
 
 
 class _Store:
-    async def find_streams(self, **kw: object) -> list[str]:
-        return []
+    async def streams_of_members(self, members: list[str], **kw: object) -> dict[str, list[str]]:
+        return {m: [] for m in members}
 
 
 class _Broker:

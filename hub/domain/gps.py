@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
-from hub.errors import Unprocessable
+from hub.errors import Unavailable, Unprocessable
 from hub.events import Opcode, now_ts
 from hub.infra.broker import Broker, Notice
 from hub.infra.store import Store
@@ -53,6 +54,12 @@ log = logging.getLogger("hub.gps")
 STREAMS_TTL = 1.0  # seconds a driver's list of open orders is cached
 MAX_TRACKED = 100_000  # drivers remembered at once (oldest forgotten first)
 WRITE_BATCH = 512  # positions sent to the tenant-DB threads in one job, at most
+LOOKUP_BATCH = 500  # drivers whose open orders one streams-DB query finds, at most
+# How long the writer and the finder wait for more work once woken: a hop to a thread
+# costs the loop ~150 µs whatever it carries (the GIL changing hands, the wake-up), so
+# pings spread over the second are gathered into a few hops rather than one each.
+WRITE_LINGER = 0.02
+LOOKUP_LINGER = 0.005
 # seenAt: the fix's time, on the same row, so a ping still writes one row.
 POSITION_SQL = "UPDATE points SET lat = ?, lng = ?, seenAt = ? WHERE nodeId = ?"
 
@@ -122,13 +129,17 @@ class Gps:
         self._writing: dict[str, asyncio.Future[None]] = {}  # driver -> his write under way
         self._queue: dict[str, _Queued] = {}  # writes waiting for the writer's next batch
         self._wake = asyncio.Event()
+        self._lookups: dict[str, asyncio.Future[list[str] | Exception]] = {}  # not yet asked
+        self._looked = asyncio.Event()  # set when a lookup is waiting
+        self._stale: set[str] = set()  # forgotten while the query in flight ran
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         if self.tracker is not None:
             await self.tracker.start()
         self._tasks = [asyncio.create_task(self._flusher(), name="hub-gps-flusher"),
-                       asyncio.create_task(self._writer(), name="hub-gps-writer")]  # fmt: skip
+                       asyncio.create_task(self._writer(), name="hub-gps-writer"),
+                       asyncio.create_task(self._finder(), name="hub-gps-finder")]  # fmt: skip
 
     async def close(self) -> None:
         """Stop the flusher and the writer, then write what is queued or pending (best
@@ -137,6 +148,9 @@ class Gps:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        lookups, self._lookups = self._lookups, {}
+        for waiting in lookups.values():
+            waiting.cancel()
         queued, self._queue = list(self._queue.items()), {}
         pending, self._pending = self._pending, {}
         for driver, (lat, lng, ts) in pending.items():
@@ -235,6 +249,7 @@ class Gps:
         """Write the queued positions, in batches of those queued meanwhile."""
         while True:
             await self._wake.wait()
+            await asyncio.sleep(WRITE_LINGER)
             self._wake.clear()
             while self._queue:
                 batch = []
@@ -267,20 +282,57 @@ class Gps:
                 q.done.set_exception(exc)
 
     async def _streams_of(self, driver: str) -> list[str]:
-        """The driver's undelivered orders (cached for :data:`STREAMS_TTL` seconds)."""
-        now = time.monotonic()
+        """The driver's undelivered orders (cached for :data:`STREAMS_TTL` seconds; asked
+        of the streams DB together with the other drivers' due then: :meth:`_finder`)."""
         cached = self._streams.get(driver)
-        if cached is not None and cached[0] >= now:
+        if cached is not None and cached[0] >= time.monotonic():
             return cached[1]
-        streams = await self.store.find_streams(
-            having=Opcode.TASK_ASSIGN, lacking=Opcode.ORDER_DELIVER, member=driver, limit=20
-        )
-        self._streams[driver] = (now + STREAMS_TTL, streams)
-        return streams
+        waiting = self._lookups.get(driver)
+        if waiting is None:
+            waiting = self._lookups[driver] = asyncio.get_running_loop().create_future()
+            self._looked.set()
+        found = await asyncio.shield(waiting)
+        if isinstance(found, Exception):  # each caller its own error (one shared would
+            raise Unavailable(f"finding the orders of {driver} failed: {found}")  # grow)
+        return found
+
+    async def _finder(self) -> None:
+        """Find the open orders of the drivers waiting for theirs, up to
+        :data:`LOOKUP_BATCH` per query: those that came while the last query ran go in the
+        next, so a thousand drivers pinging cost a few queries a second, not a thousand."""
+        while True:
+            await self._looked.wait()
+            await asyncio.sleep(LOOKUP_LINGER)
+            self._looked.clear()
+            while self._lookups:
+                batch = list(itertools.islice(self._lookups, LOOKUP_BATCH))
+                waiting = [self._lookups.pop(d) for d in batch]
+                self._stale.clear()
+                try:
+                    found: dict[str, list[str]] | Exception = await self.store.streams_of_members(
+                        batch, having=Opcode.TASK_ASSIGN, lacking=Opcode.ORDER_DELIVER, limit=20
+                    )
+                except asyncio.CancelledError:
+                    for w in waiting:
+                        w.cancel()
+                    raise
+                except Exception as exc:
+                    found = exc
+                expires = time.monotonic() + STREAMS_TTL
+                for driver, w in zip(batch, waiting, strict=True):
+                    if isinstance(found, Exception):
+                        outcome: list[str] | Exception = found
+                    else:
+                        outcome = found.get(driver, [])
+                        if driver not in self._stale:  # else found before his assignment
+                            self._streams[driver] = (expires, outcome)
+                    if not w.done():
+                        w.set_result(outcome)
 
     def forget(self, driver: str) -> None:
         """Drop the cached order list of ``driver`` (after an assignment or delivery)."""
         self._streams.pop(driver, None)
+        self._stale.add(driver)
 
     async def _flusher(self) -> None:
         while True:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,6 +28,8 @@ __all__ = [
     "StreamInfo",
     "find_streams_sql",
     "ids_scoped",
+    "member_streams",
+    "member_streams_sql",
     "members_ended",
     "members_named",
     "spans_kept",
@@ -207,6 +209,49 @@ def find_streams_sql(
     return sql, args
 
 
+MAX_MEMBERS = 500  # members asked of at once (SQLite's bound parameters, with room)
+
+
+def member_streams_sql(
+    having: int | None, lacking: int | Sequence[int] | None, members: Sequence[str]
+) -> tuple[str, list[Any]]:
+    """The query behind :meth:`Store.streams_of_members`: :func:`find_streams_sql` for
+    several members at once, each row ``(member, streamId)``, oldest first per member."""
+    if not 0 < len(members) <= MAX_MEMBERS:
+        raise ValueError(f"1 to {MAX_MEMBERS} members, not {len(members)}")
+    where = [f"m.tenant IN ({', '.join('?' * len(members))}) AND m.untilSeq IS NULL",
+             "s.archived = 0"]  # fmt: skip
+    args: list[Any] = list(members)
+    if having is not None:
+        where.append(
+            "EXISTS (SELECT 1 FROM events e WHERE e.streamId = s.streamId AND e.opcode = ?)"
+        )
+        args.append(int(having))
+    for opcode in (lacking,) if isinstance(lacking, int) else lacking or ():
+        where.append(
+            "NOT EXISTS (SELECT 1 FROM events e WHERE e.streamId = s.streamId AND e.opcode = ?)"
+        )
+        args.append(int(opcode))
+    sql = (
+        "SELECT m.tenant, s.streamId FROM members m CROSS JOIN streams s"
+        " ON s.streamId = m.streamId WHERE " + " AND ".join(where)
+        + " ORDER BY m.tenant, (SELECT MIN(pos) FROM events e WHERE e.streamId = s.streamId)"
+    )  # fmt: skip
+    return sql, args
+
+
+def member_streams(rows: Iterable[Sequence[Any]], members: Sequence[str],
+                   limit: int) -> dict[str, list[str]]:  # fmt: skip
+    """The rows of :func:`member_streams_sql` as each member's first ``limit`` streams
+    (every member a key, with ``[]`` for none)."""
+    out: dict[str, list[str]] = {m: [] for m in members}
+    for member, stream_id in rows:
+        got = out.get(str(member))
+        if got is not None and len(got) < limit and str(stream_id) not in got:
+            got.append(str(stream_id))
+    return out
+
+
 class StreamArchived(Conflict):
     """An append to a stream that has been archived."""
 
@@ -364,6 +409,17 @@ class Store(Protocol):
         """Ids of unarchived streams with an event of opcode ``having``, none of opcode
         ``lacking`` (one opcode or several), and ``member`` among their members (each test
         skipped when None), oldest first."""
+
+    async def streams_of_members(
+        self,
+        members: Sequence[str],
+        *,
+        having: int | None = None,
+        lacking: int | Sequence[int] | None = None,
+        limit: int = 1000,
+    ) -> dict[str, list[str]]:
+        """:meth:`find_streams` for each of ``members`` (1 to :data:`MAX_MEMBERS`) in one
+        query: each member's streams, oldest first (``[]`` for none)."""
 
     async def ping(self) -> None:
         """Raise if the database does not answer."""

@@ -55,6 +55,8 @@ from hub.infra.store.base import (
     check_retry,
     find_streams_sql,
     ids_scoped,
+    member_streams,
+    member_streams_sql,
     members_ended,
     members_named,
     row_to_event,
@@ -551,6 +553,21 @@ class FileStore:
 
         def run(conn: sqlite3.Connection) -> list[str]:
             return [r[0] for r in conn.execute(sql, args)]
+
+        return await self._read(run)
+
+    async def streams_of_members(
+        self,
+        members: Sequence[str],
+        *,
+        having: int | None = None,
+        lacking: int | Sequence[int] | None = None,
+        limit: int = 1000,
+    ) -> dict[str, list[str]]:
+        sql, args = member_streams_sql(having, lacking, members)
+
+        def run(conn: sqlite3.Connection) -> dict[str, list[str]]:
+            return member_streams(conn.execute(sql, args), members, limit)
 
         return await self._read(run)
 

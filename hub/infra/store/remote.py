@@ -107,6 +107,8 @@ from hub.infra.store.base import (
     check_retry,
     find_streams_sql,
     ids_scoped,
+    member_streams,
+    member_streams_sql,
     members_ended,
     members_named,
     row_to_event,
@@ -610,6 +612,19 @@ class RemoteStore:
         sql, args = find_streams_sql(having, lacking, member, limit)
         rs = await self._execute(sql, args)
         return [str(r[0]) for r in rs.rows]
+
+    async def streams_of_members(
+        self,
+        members: Sequence[str],
+        *,
+        having: int | None = None,
+        lacking: int | Sequence[int] | None = None,
+        limit: int = 1000,
+    ) -> dict[str, list[str]]:
+        self._check_open()
+        sql, args = member_streams_sql(having, lacking, members)
+        rs = await self._execute(sql, args)
+        return member_streams(rs.rows, members, limit)
 
     async def ping(self) -> None:
         self._check_open()

@@ -141,6 +141,18 @@ class ReplicaStore:
             having=having, lacking=lacking, member=member, limit=limit
         )
 
+    async def streams_of_members(
+        self,
+        members: Sequence[str],
+        *,
+        having: int | None = None,
+        lacking: int | Sequence[int] | None = None,
+        limit: int = 1000,
+    ) -> dict[str, list[str]]:
+        return await self.primary.streams_of_members(
+            members, having=having, lacking=lacking, limit=limit
+        )
+
     async def ping(self) -> None:
         await self.primary.ping()
 
