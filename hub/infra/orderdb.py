@@ -329,10 +329,16 @@ class OrderDb:
         return bool(r.rows)
 
     async def release_driver(self, order_id: str, driver: str, lat: Any, lng: Any) -> None:
-        """The driver idle at (lat, lng) in its DB, then unclaimed and discoverable again."""
+        """The driver idle at (lat, lng) in its DB, then unclaimed and discoverable again.
+
+        Each part is a no-op when done already: two instances may both finish one release
+        (a cancel, or a decline, completed on one while the other finds the claim of the
+        driver taken off the order), and its driver's row is written once. A second run
+        keeps his position as it is (a GPS fix may have moved it since)."""
         await self.tenants.tenant(driver).execute(
             "UPDATE points SET availability = 'idle', openNow = true, lat = ?, lng = ?"
-            " WHERE nodeId = ?", [lat, lng, driver])  # fmt: skip
+            " WHERE nodeId = ? AND (availability IS NOT 'idle' OR openNow IS NOT 1)",
+            [lat, lng, driver])  # fmt: skip
         await self.tenants.public.execute(
             "UPDATE points SET openNow = true, availability = 'idle', lat = ?, lng = ?,"
             " claim = NULL WHERE claim = ? AND workspaceId = ?",

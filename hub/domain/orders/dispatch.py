@@ -24,9 +24,14 @@ the claim and completes the assignment.
 
 A driver taken off an order (:meth:`Dispatch.unassign`: TASK_UNASSIGN first, then the
 claim released) is idle again, or offline when he went silent; the order then goes to the
-next nearest idle driver, never to one who declined it. The TASK_ASSIGN and the
-TASK_UNASSIGN are committed only onto the stream they were decided on (``expected``
-seq), so a cancel on another instance and an assignment never both land.
+next nearest idle driver, never to one taken off it (he declined it, or went silent on
+it: back online, he is offered other orders). So a claim of a driver the order's stream
+took off it is always that old claim, never a new one: whichever instance finds it
+finishes his release (:meth:`Dispatch.finish_unassign`, each write a no-op once done),
+and none mistakes another instance's new claim of him, whose TASK_ASSIGN has not landed
+yet, for one to release. The TASK_ASSIGN and the TASK_UNASSIGN are committed only onto
+the stream they were decided on (``expected`` seq), so a cancel on another instance and
+an assignment never both land.
 """
 
 from __future__ import annotations
@@ -178,18 +183,21 @@ class Dispatch:
     async def _claim(self, state: OrderState, lat: float | None, lng: float | None
                      ) -> DriverPoint | None:  # fmt: skip
         """The driver claimed for the order: one claimed already (a retry, or another
-        instance assigning the order at once), else the nearest idle one who did not
-        decline it, claimed now; None when no driver is idle."""
+        instance assigning the order at once), else the nearest idle one it was never
+        taken off, claimed now; None when no driver is idle."""
         order_id = state.order_id
         claimed = await self.db.claimed_for(order_id)
         if claimed is not None and claimed.driver in state.unassigned:
-            # Taken off the order, but a crash came before his claim was released.
+            # Taken off the order, his claim not released yet: the instance that took him
+            # off is releasing it now, or a crash came first. (Never a new claim of him:
+            # a driver taken off an order is not claimed for it again.)
             await self.finish_unassign(order_id, claimed.driver, state.unassigned[claimed.driver])
             claimed = None
+        taken_off = sorted(state.unassigned)
         for _ in range(CLAIM_ATTEMPTS):
             if claimed is not None:
                 break
-            candidate = await self.db.nearest_idle_driver(lat, lng, exclude=sorted(state.declined))
+            candidate = await self.db.nearest_idle_driver(lat, lng, exclude=taken_off)
             if candidate is None:
                 return None
             if await self.db.claim_idle_driver(order_id, candidate):
