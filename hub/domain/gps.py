@@ -131,7 +131,7 @@ class Gps:
         self._wake = asyncio.Event()
         self._lookups: dict[str, asyncio.Future[list[str] | Exception]] = {}  # not yet asked
         self._looked = asyncio.Event()  # set when a lookup is waiting
-        self._stale: set[str] = set()  # forgotten while the query in flight ran
+        self._stale: set[str] | None = None  # forgotten while the query in flight ran
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -307,7 +307,8 @@ class Gps:
             while self._lookups:
                 batch = list(itertools.islice(self._lookups, LOOKUP_BATCH))
                 waiting = [self._lookups.pop(d) for d in batch]
-                self._stale.clear()
+                stale: set[str] = set()
+                self._stale = stale
                 try:
                     found: dict[str, list[str]] | Exception = await self.store.streams_of_members(
                         batch, having=Opcode.TASK_ASSIGN, lacking=Opcode.ORDER_DELIVER, limit=20
@@ -318,13 +319,15 @@ class Gps:
                     raise
                 except Exception as exc:
                     found = exc
+                finally:
+                    self._stale = None
                 expires = time.monotonic() + STREAMS_TTL
                 for driver, w in zip(batch, waiting, strict=True):
                     if isinstance(found, Exception):
                         outcome: list[str] | Exception = found
                     else:
                         outcome = found.get(driver, [])
-                        if driver not in self._stale:  # else found before his assignment
+                        if driver not in stale:  # else found before his assignment
                             self._streams[driver] = (expires, outcome)
                     if not w.done():
                         w.set_result(outcome)
@@ -332,7 +335,8 @@ class Gps:
     def forget(self, driver: str) -> None:
         """Drop the cached order list of ``driver`` (after an assignment or delivery)."""
         self._streams.pop(driver, None)
-        self._stale.add(driver)
+        if self._stale is not None:  # a query is under way: its answer for him is old
+            self._stale.add(driver)
 
     async def _flusher(self) -> None:
         while True:
