@@ -55,10 +55,24 @@ from tests.test_redis import (
 PREFIX = "hub:"
 
 
+def ephemeral_low() -> int:
+    """The first port the kernel hands out to outgoing connections (32768 by default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def cluster_port() -> int:
-    """A free port P whose cluster bus port P + 10000 is free too (so P <= 55535)."""
+    """A free port P whose cluster bus port P + 10000 is free too, both below the kernel's
+    ephemeral range where it allows (20000 to 22767 by default): a port checked free can
+    still be taken before redis-server binds it, and outgoing connections (many, with the
+    suite on two workers) take ephemeral ports; a node whose bus port was taken exits and
+    leaves the cluster without a master."""
+    top = ephemeral_low() - 10000
+    low, high = (20000, top) if top - 20000 >= 500 else (20000, 55000)
     while True:
-        port = random.randrange(20000, 55000)
+        port = random.randrange(low, high)
         try:
             for p in (port, port + 10000):
                 with socket.socket() as s:
@@ -213,7 +227,11 @@ def pair(cluster: Cluster, hub_factory: Callable[..., HubProcess], tmp_path: Pat
 def sids_on_every_master(cluster: Cluster) -> list[str]:
     """One new stream id per master, its channel's slot owned by that master."""
     found: dict[int, str] = {}
+    deadline = time.monotonic() + timeout(10)
     while len(found) < len(cluster.nodes):
+        if time.monotonic() >= deadline:
+            seen = cluster.owners_seen_by(cluster.nodes[0])
+            raise AssertionError(f"a master without slots: {seen}")
         sid = new_sid()
         found.setdefault(cluster.where(f"{PREFIX}stream:{sid}").port, sid)
     return [found[n.port] for n in cluster.nodes]
