@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from hub.domain.auth import issue_token
+from tests.ports import free_port
 
 SECRET = "test-secret-please-ignore-0123456789abcdef"
 # One factor scales every timeout in the suite (slow CI machines set HUB_TEST_TIMEOUT_FACTOR).
@@ -25,11 +25,6 @@ def timeout(seconds: float) -> float:
     return seconds * TIMEOUT_FACTOR
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def parse_metrics(text: str) -> dict[str, float]:

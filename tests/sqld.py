@@ -28,7 +28,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -39,6 +38,8 @@ from types import TracebackType
 from typing import Any
 
 import pytest
+
+from tests.ports import free_port
 
 __all__ = ["Sqld", "ed25519_keypair", "jwt", "query", "sqld_binary"]
 
@@ -60,11 +61,6 @@ def sqld_binary() -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Sqld:
@@ -84,12 +80,12 @@ class Sqld:
         metrics: bool = False,
     ) -> None:
         self.dir = directory
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self._fixed_port = port is not None
         self.jwt_key = jwt_key
         self.args = list(args)  # more sqld flags
         # The admin API's port, serving /metrics (None: metrics disabled, no admin API).
-        self.metrics_port = _free_port() if metrics else None
+        self.metrics_port = free_port() if metrics else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = directory / "sqld.log"
 
@@ -111,7 +107,7 @@ class Sqld:
             if self._start(wait):
                 self._fixed_port = True  # a restart comes back where clients look for it
                 return self
-            self.port = _free_port()
+            self.port = free_port()
         raise RuntimeError(f"sqld could not listen:\n{self.log()}")
 
     def _start(self, wait: float) -> bool:

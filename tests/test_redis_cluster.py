@@ -71,8 +71,9 @@ def cluster_port() -> int:
     leaves the cluster without a master."""
     top = ephemeral_low() - 10000
     low, high = (20000, top) if top - 20000 >= 500 else (20000, 55000)
+    pick = random.SystemRandom()  # not the global generator, which a test may seed
     while True:
-        port = random.randrange(low, high)
+        port = pick.randrange(low, high)
         try:
             for p in (port, port + 10000):
                 with socket.socket() as s:
