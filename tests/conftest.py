@@ -142,12 +142,12 @@ def hub_factory(tmp_path: Path) -> Iterator[Callable[..., HubProcess]]:
         return h
 
     yield make
-    failures: list[AssertionError] = []
-    for h in started:  # every hub stopped, whichever one's log shows a problem
+    failures: list[Exception] = []
+    for h in started:  # every hub stopped, whichever one's log or exit shows a problem
         if h.proc is not None and h.proc.poll() is None:
             try:
                 h.stop()
-            except AssertionError as exc:
+            except (AssertionError, subprocess.TimeoutExpired) as exc:  # (killed: stop())
                 failures.append(exc)
     if failures:
         raise failures[0]
