@@ -167,6 +167,22 @@ def select_opcodes(among: Sequence[int]) -> str:
             " GROUP BY opcode")  # fmt: skip
 
 
+def _opcode_tests(having: int | None, lacking: int | Sequence[int] | None,
+                  where: list[str], args: list[Any]) -> None:  # fmt: skip
+    """Add the tests of stream ``s`` having an event of opcode ``having`` and none of
+    ``lacking`` (each skipped when None) to ``where`` and ``args``."""
+    if having is not None:
+        where.append(
+            "EXISTS (SELECT 1 FROM events e WHERE e.streamId = s.streamId AND e.opcode = ?)"
+        )
+        args.append(int(having))
+    for opcode in (lacking,) if isinstance(lacking, int) else lacking or ():
+        where.append(
+            "NOT EXISTS (SELECT 1 FROM events e WHERE e.streamId = s.streamId AND e.opcode = ?)"
+        )
+        args.append(int(opcode))
+
+
 def find_streams_sql(
     having: int | None, lacking: int | Sequence[int] | None, member: str | None, limit: int
 ) -> tuple[str, list[Any]]:
@@ -191,16 +207,7 @@ def find_streams_sql(
         having = None  # tested by the IN above
     else:
         source = "streams s"
-    if having is not None:
-        where.append(
-            "EXISTS (SELECT 1 FROM events e WHERE e.streamId = s.streamId AND e.opcode = ?)"
-        )
-        args.append(int(having))
-    for opcode in (lacking,) if isinstance(lacking, int) else lacking or ():
-        where.append(
-            "NOT EXISTS (SELECT 1 FROM events e WHERE e.streamId = s.streamId AND e.opcode = ?)"
-        )
-        args.append(int(opcode))
+    _opcode_tests(having, lacking, where, args)
     sql = (
         f"SELECT s.streamId FROM {source} WHERE " + " AND ".join(where)
         + " ORDER BY (SELECT MIN(pos) FROM events e WHERE e.streamId = s.streamId) LIMIT ?"
@@ -222,16 +229,7 @@ def member_streams_sql(
     where = [f"m.tenant IN ({', '.join('?' * len(members))}) AND m.untilSeq IS NULL",
              "s.archived = 0"]  # fmt: skip
     args: list[Any] = list(members)
-    if having is not None:
-        where.append(
-            "EXISTS (SELECT 1 FROM events e WHERE e.streamId = s.streamId AND e.opcode = ?)"
-        )
-        args.append(int(having))
-    for opcode in (lacking,) if isinstance(lacking, int) else lacking or ():
-        where.append(
-            "NOT EXISTS (SELECT 1 FROM events e WHERE e.streamId = s.streamId AND e.opcode = ?)"
-        )
-        args.append(int(opcode))
+    _opcode_tests(having, lacking, where, args)
     sql = (
         "SELECT m.tenant, s.streamId FROM members m CROSS JOIN streams s"
         " ON s.streamId = m.streamId WHERE " + " AND ".join(where)
