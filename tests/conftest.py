@@ -74,6 +74,7 @@ class HubProcess:
             HUB_DATA_DIR=str(self.data_dir),
             HUB_SECRET=SECRET,
             PYTHONUNBUFFERED="1",
+            PYTHONFAULTHANDLER="1",  # a hub stop() gives up on dumps its threads (SIGABRT)
             PYTHONWARNINGS="error::ResourceWarning,error::RuntimeWarning",
         )
         env.update(self.extra_env)
@@ -109,9 +110,14 @@ class HubProcess:
         try:
             code = self.proc.wait(timeout(wait))
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
+            self.proc.send_signal(signal.SIGABRT)  # PYTHONFAULTHANDLER: every thread's stack
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            raise AssertionError(f"hub did not exit within {wait:.0f} s of signal {sig}:\n"
+                                 f"{self.log()[-6000:]}") from None  # fmt: skip
         if sig == signal.SIGTERM:
             self.check_clean_shutdown()
         return code
@@ -147,7 +153,7 @@ def hub_factory(tmp_path: Path) -> Iterator[Callable[..., HubProcess]]:
         if h.proc is not None and h.proc.poll() is None:
             try:
                 h.stop()
-            except (AssertionError, subprocess.TimeoutExpired) as exc:  # (killed: stop())
+            except AssertionError as exc:  # (a hub that did not exit: killed by stop())
                 failures.append(exc)
     if failures:
         raise failures[0]

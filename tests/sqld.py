@@ -29,6 +29,7 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -161,8 +162,10 @@ class Sqld:
                 out[name] = float(value)
         return out
 
-    def stop(self, sig: int = signal.SIGTERM, wait: float = 15.0) -> None:
-        """Signal sqld and wait for it to exit (SIGKILL if it does not)."""
+    def stop(self, sig: int = signal.SIGTERM, wait: float = 10.0) -> None:
+        """Signal sqld and wait for it to exit. One that has not exited ``wait`` seconds
+        after SIGTERM is killed, with a warning: how sqld ends is not the hub's behaviour
+        under test (and a killed sqld has still committed what it acknowledged)."""
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
@@ -172,7 +175,7 @@ class Sqld:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            raise
+            print(f"sqld in {self.dir} ignored SIGTERM for {wait:.0f} s: killed", file=sys.stderr)
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)

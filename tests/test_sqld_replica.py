@@ -165,6 +165,10 @@ class Gate:
             self._passing.set()
             self._server.close()
             for s in self._sockets:
+                # shutdown first: close() alone leaves a socket a pump thread is blocked
+                # reading from open (no FIN), and sqld's graceful exit waits on that stream.
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
                 s.close()
 
 
