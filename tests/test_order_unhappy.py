@@ -220,6 +220,38 @@ async def test_a_cancel_out_of_turn_is_refused_and_writes_nothing(
         assert after == rows_before
 
 
+async def test_a_cancel_sent_again_while_the_order_is_archived_is_409_not_404(
+    seeded: Callable[..., HubProcess],
+) -> None:
+    """A customer's app that sends its cancel again (it did not see the answer) while the
+    hub archives the cancelled order gets 409 ``already_done`` every time: never a 404
+    from a stream whose events left the DB between the hub's two reads of it."""
+    hub = seeded()
+    seen: dict[int, int] = {}
+
+    async def resend(c: httpx.AsyncClient, oid: str, done: asyncio.Event) -> None:
+        while not done.is_set():  # until the stream is archived, and once more after that
+            archived = (await stream(c, oid))["status"] == "archived"
+            r = await act(c, oid, "cancel", ALI)
+            seen[r.status_code] = seen.get(r.status_code, 0) + 1
+            assert r.status_code == 409, (oid, r.status_code, r.text)
+            assert r.json()["error"]["code"] == "already_done", r.text
+            if archived:
+                done.set()
+
+    async def cancel_and_resend(c: httpx.AsyncClient, oid: str) -> None:
+        await place(c, oid)
+        r = await act(c, oid, "cancel", ALI)
+        assert r.status_code == 200, r.text
+        done = asyncio.Event()
+        await asyncio.gather(*(resend(c, oid, done) for _ in range(6)))
+
+    async with http(hub) as c:
+        for batch in range(2):
+            await asyncio.gather(*(cancel_and_resend(c, f"ord-re{batch}x{i}") for i in range(10)))
+    print(f"answers to cancels sent again: {seen}")
+
+
 # -- decline and reassignment -------------------------------------------------------------
 
 
