@@ -232,7 +232,8 @@ def check_lines(out: subprocess.CompletedProcess[str]) -> dict[str, str]:
     """``hub check``'s lines by dependency: {"streams DB": "ok ...", ...}."""
     found = {}
     for line in out.stdout.splitlines():
-        m = re.match(r"(streams DB|public DB|tenant DBs|Redis|archive|secret)\s+(.*)$", line)
+        m = re.match(r"(streams DB|streams read DB|public DB|tenant DBs|Redis|archive|secret)"
+                     r"\s+(.*)$", line)  # fmt: skip
         if m:
             found[m[1]] = m[2]
     return found
@@ -281,27 +282,40 @@ def test_check_reaches_what_is_configured(tmp_path: Path,
 def test_check_reaches_remote_databases_and_names_a_refused_token(
     tmp_path: Path, sqld_factory: Callable[..., Sqld]
 ) -> None:
-    """Remote streams and public DBs (a real sqld that wants a JWT) are reached; a refused
-    HUB_DB_AUTH_TOKEN fails both, named as such, and the token is never printed."""
+    """Remote streams and public DBs and the streams DB's read replica (a real sqld that
+    wants a JWT) are reached; a refused HUB_DB_AUTH_TOKEN fails each, named as such, and
+    the token is never printed; a replica that does not answer fails its line alone."""
     from tests.sqld import ed25519_keypair, jwt
 
     seed, public_key = ed25519_keypair()
     server = sqld_factory(jwt_key=public_key)
-    remote = {"HUB_STREAMS_DB": server.ws_url, "HUB_PUBLIC_DB": server.http_url}
+    remote = {"HUB_STREAMS_DB": server.ws_url, "HUB_PUBLIC_DB": server.http_url,
+              "HUB_STREAMS_READ_DB": server.http_url}  # fmt: skip
+    names = ("streams DB", "streams read DB", "public DB")
     good = run_hub("check", data=tmp_path, extra={**remote, "HUB_DB_AUTH_TOKEN": jwt(seed)})
     assert good.returncode == 0, (good.stdout, good.stderr)
     lines = check_lines(good)
-    assert lines["streams DB"].startswith("ok "), lines
-    assert lines["public DB"].startswith("ok "), lines
+    for name in names:
+        assert lines[name].startswith("ok "), lines
     wrong = jwt(ed25519_keypair()[0])
     bad = run_hub("check", data=tmp_path, extra={**remote, "HUB_DB_AUTH_TOKEN": wrong})
     assert bad.returncode == 1, (bad.stdout, bad.stderr)
     lines = check_lines(bad)
-    for name in ("streams DB", "public DB"):
+    for name in names:
         assert lines[name].startswith("FAILED "), lines
         assert "auth token" in lines[name], lines
     assert wrong not in bad.stdout + bad.stderr
     assert wrong.rsplit(".", 1)[1] not in bad.stdout + bad.stderr
+
+    gone = f"http://user:replica-password@127.0.0.1:{free_port()}"
+    down = run_hub("check", data=tmp_path, extra={**remote, "HUB_DB_AUTH_TOKEN": jwt(seed),
+                                                 "HUB_STREAMS_READ_DB": gone})  # fmt: skip
+    assert down.returncode == 1, (down.stdout, down.stderr)
+    lines = check_lines(down)
+    assert lines["streams read DB"].startswith("FAILED "), lines
+    assert lines["streams DB"].startswith("ok "), lines
+    assert lines["public DB"].startswith("ok "), lines
+    assert "replica-password" not in down.stdout + down.stderr
 
 
 def test_check_fails_an_unwritable_archive(tmp_path: Path) -> None:

@@ -475,7 +475,8 @@ def _scrub(text: str, settings: Settings) -> str:
 
     line = (text.strip().splitlines() or [""])[0][:300]
     secrets = [settings.db_auth_token, settings.secret]
-    for url in (settings.redis_url, settings.streams_db, settings.public_db, settings.tenant_db):
+    for url in (settings.redis_url, settings.streams_db, settings.streams_read_db,
+                settings.public_db, settings.tenant_db):  # fmt: skip
         if url and "@" in url.split("//", 1)[-1]:
             secrets.append(url)
             line = line.replace(url, safe_url(url))
@@ -495,6 +496,12 @@ async def _check_all(settings: Settings, say: Callable[[str], None]) -> bool:
     checks: list[tuple[str, str, Callable[[], Awaitable[str]] | None]] = [
         ("streams DB", safe_url(settings.streams_db),
          lambda: _check_db(settings.streams_db, settings)),
+    ]
+    read_db = settings.streams_read_db
+    if read_db is not None:  # the instance would only read from the primary: still a fault
+        checks.append(("streams read DB", safe_url(read_db),
+                       lambda: _check_db(read_db, settings)))
+    checks += [
         ("public DB", safe_url(settings.public_db),
          lambda: _check_db(settings.public_db, settings)),
         ("tenant DBs", safe_url(settings.tenant_db), lambda: _check_tenants(settings)),
@@ -600,8 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(run=_token)
 
     check = command("check", "check the configuration and reach every dependency",
-                    "Check the configuration, then reach the streams DB, the public DB, the"
-                    " tenant DBs' location, Redis and the archive, one line each, without"
+                    "Check the configuration, then reach the streams DB (and its read"
+                    " replica, when set), the public DB, the tenant DBs' location, Redis and"
+                    " the archive, one line each, without"
                     " writing anything. Exit status: 0 all ok, 1 one failed, 2 the"
                     " configuration is wrong.")  # fmt: skip
     check.set_defaults(run=_check)
