@@ -135,7 +135,6 @@ class OrderState:
         # The driver now: the last TASK_ASSIGN's, unless a later TASK_UNASSIGN names him.
         self.driver: str | None = None
         self.assigns = self.unassigns = 0
-        self.declined: set[str] = set()  # drivers never offered this order again
         self.unassigned: dict[str, str] = {}  # driver taken off it -> why (not back since)
         self.cancel: Event | None = None
         self.assigned_at: Event | None = None  # the current driver's TASK_ASSIGN
@@ -153,8 +152,6 @@ class OrderState:
                 named = payload.get("driver")
                 if isinstance(named, str):
                     self.unassigned[named] = str(payload.get("reason"))
-                    if payload.get("reason") == "declined":
-                        self.declined.add(named)
                 if named == self.driver:
                     self.driver = self.assigned_at = None
             elif e.opcode == Opcode.ORDER_CANCEL and self.cancel is None:
