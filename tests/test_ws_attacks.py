@@ -44,7 +44,7 @@ from hub.domain.gps import Gps
 from hub.domain.subscription import REPLAY_PAGE, Subscription, open_stream
 from hub.edge.app import create_app
 from hub.edge.server import uvicorn_options
-from hub.edge.ws import Connection, _Endpoint
+from hub.edge.ws import Connection, Endpoint
 from hub.events import Event
 from hub.infra.store.file import READERS
 from hub.metrics import Metrics
@@ -64,7 +64,7 @@ class Hub:
 
     port: int
     metrics: Metrics | None = None
-    endpoints: tuple[_Endpoint, ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()
 
     @property
     def url(self) -> str:
@@ -96,7 +96,7 @@ async def hub_here(tmp_path: Path, *, ping: float | None = None,
                 await asyncio.sleep(0.02)
         ws_endpoints = tuple(route.endpoint for route in app.routes
                              if isinstance(route, WebSocketRoute))  # fmt: skip
-        assert all(isinstance(e, _Endpoint) for e in ws_endpoints)
+        assert all(isinstance(e, Endpoint) for e in ws_endpoints)
         yield Hub(config.port, metrics, ws_endpoints)
     finally:
         server.should_exit = True

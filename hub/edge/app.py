@@ -32,14 +32,15 @@ from hub.domain.orders.timers import Timers
 from hub.domain.sessions import Sessions
 from hub.domain.tracking import Tracking
 from hub.edge.append import AppendEndpoint, bearer_token
+from hub.edge.conn import inbox_channel, stream_channel
 from hub.edge.http import StaticPages, error_handlers
 from hub.edge.logs import adopt_server_logging, install_filters, log_startup
 from hub.edge.ops import OpsHttp, timed
 from hub.edge.orders import STEPS, OrdersHttp
 from hub.edge.restaurants import RestaurantsHttp
-from hub.edge.sse import InboxEvents, StreamEvents
+from hub.edge.sse import Events
 from hub.edge.streams import StreamsHttp
-from hub.edge.ws import InboxEndpoint, StreamEndpoint
+from hub.edge.ws import Endpoint
 from hub.infra.archive import open_archive
 from hub.infra.broker import Broker, MemoryBroker
 from hub.infra.claims import Claims, MemoryClaims, RedisClaims
@@ -154,16 +155,18 @@ def routes(parts: Parts, settings: Settings) -> list[BaseRoute]:
         Route("/api/streams/{stream_id}", streams.read, methods=["GET"]),
         Route("/api/streams/{stream_id}/archive", streams.archive, methods=["POST"]),
         WebSocketRoute("/ws/streams/{stream_id}",
-                       StreamEndpoint(node, parts.sessions, parts.gps, settings)),
-        WebSocketRoute("/ws/inbox", InboxEndpoint(node, parts.sessions, parts.gps, settings)),
+                       Endpoint(node, parts.sessions, parts.gps, settings, stream_channel)),
+        WebSocketRoute("/ws/inbox",
+                       Endpoint(node, parts.sessions, parts.gps, settings, inbox_channel)),
         # The same subscriptions as Server-Sent Events (docs/protocol.md §5). A Mount: they
         # are the WebSocket protocol on another transport, described with it in
         # /asyncapi.json, not operations of /openapi.json (whose fuzzing cannot read a
         # response that never ends).
         Mount("/sse", routes=[
-            Route("/streams/{stream_id}", StreamEvents(node, parts.sessions, settings),
+            Route("/streams/{stream_id}", Events(node, parts.sessions, settings, stream_channel),
                   methods=["GET"]),
-            Route("/inbox", InboxEvents(node, parts.sessions, settings), methods=["GET"]),
+            Route("/inbox", Events(node, parts.sessions, settings, inbox_channel),
+                  methods=["GET"]),
         ]),
         # The order flow (the seed's Steps 1-10), menus and drivers.
         Route("/api/orders", orders.create, methods=["POST"]),

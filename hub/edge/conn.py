@@ -1,6 +1,7 @@
 """What the hub's long-lived transports share (WebSockets, :mod:`hub.edge.ws`; Server-Sent
-Events, :mod:`hub.edge.sse`): the cursor a subscriber resumes from, the connection's
-transport under uvicorn, and how a connection whose client takes nothing is reset.
+Events, :mod:`hub.edge.sse`): the two channels a subscriber opens (one order's stream, the
+tenant's inbox), the cursor it resumes from, the connection's transport under uvicorn, and
+how a connection whose client takes nothing is reset.
 """
 
 from __future__ import annotations
@@ -8,13 +9,20 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 from urllib.parse import parse_qs
 
 from starlette.types import Scope, Send
 
-__all__ = ["LINGER_RESET", "Transport", "client_gone", "gone", "parse_cursor", "query_params",
-           "reset", "transport_of"]  # fmt: skip
+from hub.domain.auth import Principal
+from hub.domain.node import Node
+from hub.domain.sessions import ReadBudget
+from hub.domain.subscription import Subscription, open_inbox, open_stream
+from hub.events import check_stream_id
+
+__all__ = ["LINGER_RESET", "Channel", "Transport", "client_gone", "gone", "inbox_channel",
+           "parse_cursor", "query_params", "reset", "stream_channel", "transport_of"]  # fmt: skip
 
 LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
 CURSOR_DIGITS = 18  # a cursor (seq, pos) has at most this many digits: it fits an int64
@@ -26,6 +34,24 @@ def parse_cursor(raw: str) -> int | None:
     if not (raw.isascii() and raw.isdigit()) or len(raw) > CURSOR_DIGITS:
         return None
     return int(raw)
+
+
+# How an endpoint opens its channel for an admitted ``who`` from ``since`` (the request's
+# ``scope`` names it), with ``queue_max`` frames queued at most and the tenant's read budget.
+Channel = Callable[[Node, Principal, Scope, int, int, ReadBudget], Awaitable[Subscription]]
+
+
+async def stream_channel(node: Node, who: Principal, scope: Scope, since: int, queue_max: int,
+                         budget: ReadBudget) -> Subscription:  # fmt: skip
+    """``…/streams/{streamId}``: one order's channel."""
+    stream_id = check_stream_id(scope.get("path_params", {}).get("stream_id"))
+    return await open_stream(node, who, stream_id, since, queue_max=queue_max, budget=budget)
+
+
+async def inbox_channel(node: Node, who: Principal, scope: Scope, since: int, queue_max: int,
+                        budget: ReadBudget) -> Subscription:  # fmt: skip
+    """``…/inbox``: every event of every stream the tenant is a member of."""
+    return await open_inbox(node, who, since, queue_max=queue_max, budget=budget)
 
 
 def query_params(scope: Scope) -> dict[str, str]:

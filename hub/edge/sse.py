@@ -57,14 +57,12 @@ from hub.config import Settings
 from hub.domain.auth import Principal
 from hub.domain.node import Node
 from hub.domain.sessions import Sessions
-from hub.domain.subscription import Subscription, open_inbox, open_stream
+from hub.domain.subscription import Subscription
 from hub.edge.append import bearer_token
-from hub.edge.conn import client_gone, parse_cursor, query_params, reset, transport_of
+from hub.edge.conn import Channel, client_gone, parse_cursor, query_params, reset, transport_of
 from hub.errors import BadRequest, CloseCode, HubError, Unavailable
-from hub.events import check_stream_id
 
-__all__ = ["CHUNK_BYTES", "CLOSE_GRACE", "InboxEvents", "StreamEvents", "close_block",
-           "frame_block"]  # fmt: skip
+__all__ = ["CHUNK_BYTES", "CLOSE_GRACE", "Events", "close_block", "frame_block"]
 
 log = logging.getLogger("hub.sse")
 
@@ -153,7 +151,7 @@ class EventStream:
                  "_tick", "_writer", "due", "endpoint", "keepalive_due", "sending_since",
                  "stalled", "sub", "who", "written_at")  # fmt: skip
 
-    def __init__(self, endpoint: _Endpoint, who: Principal, sub: Subscription, send: Send,
+    def __init__(self, endpoint: Events, who: Principal, sub: Subscription, send: Send,
                  receive: Receive) -> None:  # fmt: skip
         self.endpoint = endpoint
         self.who = who
@@ -330,11 +328,14 @@ class EventStream:
         return int(CloseCode.INTERNAL_ERROR)
 
 
-class _Endpoint:
-    """Raw ASGI endpoint shared by the stream and inbox paths (GET and HEAD)."""
+class Events:
+    """Raw ASGI endpoint of a channel (GET and HEAD): ``/sse/streams/{streamId}``
+    (:func:`~hub.edge.conn.stream_channel`) or ``/sse/inbox``."""
 
-    def __init__(self, node: Node, sessions: Sessions, settings: Settings) -> None:
+    def __init__(self, node: Node, sessions: Sessions, settings: Settings,
+                 channel: Channel) -> None:  # fmt: skip
         self.node = node
+        self.channel = channel
         self.sessions = sessions
         self.settings = settings
         self.metrics = node.metrics
@@ -342,7 +343,8 @@ class _Endpoint:
         self.keepalive = settings.sse_keepalive
 
     async def open(self, who: Principal, scope: Scope, since: int) -> Subscription:
-        raise NotImplementedError
+        return await self.channel(self.node, who, scope, since, self.settings.ws_queue_frames,
+                                  self.sessions.budget)  # fmt: skip
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -408,21 +410,3 @@ class _Endpoint:
             headers.append((b"retry-after", b"5"))
         await send({"type": "http.response.start", "status": exc.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-
-class StreamEvents(_Endpoint):
-    """``GET /sse/streams/{streamId}``: one order's channel."""
-
-    async def open(self, who: Principal, scope: Scope, since: int) -> Subscription:
-        stream_id = check_stream_id(scope.get("path_params", {}).get("stream_id"))
-        return await open_stream(self.node, who, stream_id, since,
-                                 queue_max=self.settings.ws_queue_frames,
-                                 budget=self.sessions.budget)  # fmt: skip
-
-
-class InboxEvents(_Endpoint):
-    """``GET /sse/inbox``: every event of every stream the tenant is a member of."""
-
-    async def open(self, who: Principal, scope: Scope, since: int) -> Subscription:
-        return await open_inbox(self.node, who, since, queue_max=self.settings.ws_queue_frames,
-                                budget=self.sessions.budget)  # fmt: skip

@@ -30,9 +30,9 @@ the writer and is closed with 4008 like any other.
 A socket holds its place under its tenant's cap until its connection is gone, not only
 until the hub has done with it: one closed by the hub (4008, 1000) or by the server
 (the keepalive's 1011) whose client takes nothing, not even the close frame, for
-:attr:`_Endpoint.close_grace` seconds has its transport aborted with a reset (the hub's
+:attr:`Endpoint.close_grace` seconds has its transport aborted with a reset (the hub's
 buffer and the kernel's are dropped, the file descriptor closed). See
-:meth:`_Endpoint.reap`.
+:meth:`Endpoint.reap`.
 
 Nothing of a closed connection may wait for the cyclic garbage collector (it seldom
 runs: :mod:`hub.edge.app`): a task that ended with an exception keeps it, and the
@@ -60,18 +60,17 @@ from hub.domain.auth import Principal, Role
 from hub.domain.gps import Gps
 from hub.domain.node import Node
 from hub.domain.sessions import Sessions
-from hub.domain.subscription import Subscription, open_inbox, open_stream
+from hub.domain.subscription import Subscription
 from hub.edge.append import bearer_token
-from hub.edge.conn import LINGER_RESET, parse_cursor
+from hub.edge.conn import LINGER_RESET, Channel, parse_cursor
 from hub.edge.conn import Transport as _Transport
 from hub.edge.conn import client_gone as _client_gone
 from hub.edge.conn import gone as _gone
 from hub.edge.conn import query_params as _query
 from hub.edge.conn import transport_of as _transport_of
 from hub.errors import CloseCode, Forbidden, HubError, Unavailable, Unprocessable
-from hub.events import check_stream_id
 
-__all__ = ["InboxEndpoint", "StreamEndpoint", "origin_allowed"]
+__all__ = ["Endpoint", "origin_allowed"]
 
 log = logging.getLogger("hub.ws")
 
@@ -133,7 +132,7 @@ class Connection:
                  "_sent", "_task", "_writer", "control", "endpoint", "expired",
                  "sending_since", "stalled", "sub", "who")  # fmt: skip
 
-    def __init__(self, endpoint: _Endpoint, who: Principal, sub: Subscription, send: Send,
+    def __init__(self, endpoint: Endpoint, who: Principal, sub: Subscription, send: Send,
                  receive: Receive) -> None:  # fmt: skip
         self.endpoint = endpoint
         self.who = who
@@ -398,15 +397,18 @@ def origin_allowed(scope: Scope, allowed: tuple[str, ...]) -> bool:
     return bool(host) and value.split("://", 1)[-1] == host
 
 
-class _Endpoint:
-    """Raw ASGI WebSocket endpoint shared by the stream and inbox paths.
+class Endpoint:
+    """Raw ASGI WebSocket endpoint of a channel: ``/ws/streams/{streamId}?since=N``
+    (:func:`~hub.edge.conn.stream_channel`) or ``/ws/inbox?since=P``.
 
     Its collaborators: the ``node`` (subscriptions), the ``sessions`` (caps and the stall
     sweeper) and ``gps`` (where a driver's ``location`` frames go).
     """
 
-    def __init__(self, node: Node, sessions: Sessions, gps: Gps, settings: Settings) -> None:
+    def __init__(self, node: Node, sessions: Sessions, gps: Gps, settings: Settings,
+                 channel: Channel) -> None:  # fmt: skip
         self.node = node
+        self.channel = channel
         self.sessions = sessions
         self.gps = gps
         self.settings = settings
@@ -420,7 +422,8 @@ class _Endpoint:
         self.close_grace = min(CLOSE_WAIT, max(CLOSE_GRACE_MIN, 2 * settings.ws_stall_timeout))
 
     async def open(self, who: Principal, scope: Scope, since: int) -> Subscription:
-        raise NotImplementedError
+        return await self.channel(self.node, who, scope, since, self.settings.ws_queue_frames,
+                                  self.sessions.budget)  # fmt: skip
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # One flat coroutine for the socket's whole life (each nested one would stay in
@@ -535,21 +538,3 @@ class _Endpoint:
             self.sessions.release(who)
             raise
         return who, sub
-
-
-class StreamEndpoint(_Endpoint):
-    """``/ws/streams/{streamId}?since=N``: one order's channel."""
-
-    async def open(self, who: Principal, scope: Scope, since: int) -> Subscription:
-        stream_id = check_stream_id(scope.get("path_params", {}).get("stream_id"))
-        return await open_stream(self.node, who, stream_id, since,
-                                 queue_max=self.settings.ws_queue_frames,
-                                 budget=self.sessions.budget)  # fmt: skip
-
-
-class InboxEndpoint(_Endpoint):
-    """``/ws/inbox?since=P``: every event of every stream the tenant is a member of."""
-
-    async def open(self, who: Principal, scope: Scope, since: int) -> Subscription:
-        return await open_inbox(self.node, who, since, queue_max=self.settings.ws_queue_frames,
-                                budget=self.sessions.budget)  # fmt: skip
