@@ -26,6 +26,7 @@ __all__ = [
     "HubError",
     "NotFound",
     "PayloadTooLarge",
+    "Stopped",
     "Unauthorized",
     "Unavailable",
     "Unprocessable",
@@ -87,6 +88,14 @@ class Unavailable(HubError):
 class Busy(Unavailable):
     """Unavailable for now because it is busy (too much waiting, a lock held elsewhere),
     not because it is failing: the client retries, and health does not count it."""
+
+
+class Stopped(Unavailable):
+    """The server stopped (its graceful shutdown ran out) before the request was done.
+    Unlike every other refusal it may have been carried out: the client sends it again,
+    which the hub never carries out twice (ids, order steps)."""
+
+    code = "stopped"
 
 
 class CloseCode(IntEnum):

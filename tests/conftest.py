@@ -49,6 +49,7 @@ class HubProcess:
     """A hub served by uvicorn in its own process, as users run it."""
 
     log_level = "warning"  # "info" logs every request (as production does)
+    graceful_timeout = 5.0  # seconds requests in flight get at SIGTERM (--graceful-timeout)
     # Where it listens, and what its command runs under (tests/netns.py: another host).
     host = "127.0.0.1"
     prefix: tuple[str, ...] = ()
@@ -83,7 +84,7 @@ class HubProcess:
         self.proc = subprocess.Popen(
             [*self.prefix, sys.executable, "-m", "hub", "serve", "--host", self.host,
              "--port", str(self.port),
-             "--log-level", self.log_level, "--graceful-timeout", "5"],
+             "--log-level", self.log_level, "--graceful-timeout", str(self.graceful_timeout)],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         log.close()

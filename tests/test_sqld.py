@@ -18,22 +18,25 @@ conformance suite on sqld is in :mod:`tests.test_store`.
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from hub.infra.db import DatabaseError, open_database
-from tests.conftest import HubProcess
+from tests.conftest import HubProcess, timeout
 from tests.sqld import Sqld, ed25519_keypair, jwt, query
 from tests.test_orders import (
     ALI,
     DEST,
     KITCHEN,
     ORDER,
+    PLATFORM,
     RAMI,
     TARGETS,
     Rider,
@@ -160,3 +163,52 @@ async def test_tenant_and_public_dbs_name_a_refused_token(
             await bad.close()
     finally:
         pool.shutdown()
+
+
+async def test_an_append_waiting_on_a_stalled_db_at_shutdown_is_answered_stopped(
+    tmp_path: Path, sqld: Sqld, hub_factory: Callable[..., HubProcess]
+) -> None:
+    """SIGTERM while an append waits on a streams DB that stopped answering (sqld stopped
+    with SIGSTOP): when the graceful timeout runs out the client gets 503 ``stopped`` with
+    the hub's error body and ``retry-after``, not uvicorn's plain-text 500, and the hub's
+    log holds no traceback. Sent again to another instance once the DB answers, the
+    append is stored exactly once."""
+    path = "/api/streams/ord-stall/events"
+
+    def batch(event_id: str) -> dict[str, Any]:
+        return {"events": [{"id": event_id, "opcode": 501, "payload": {"n": event_id}}]}
+
+    hub = HubProcess(tmp_path / "a", {"HUB_STREAMS_DB": sqld.ws_url})
+    hub.graceful_timeout = 1
+    hub.start()
+    assert sqld.proc is not None
+    try:
+        async with httpx.AsyncClient(base_url=hub.url, timeout=timeout(60)) as c:
+            r = await c.post(path, json=batch("e1"), headers=PLATFORM)
+            assert r.status_code == 201, r.text
+            sqld.proc.send_signal(signal.SIGSTOP)
+            try:
+                pending = asyncio.create_task(c.post(path, json=batch("e2"), headers=PLATFORM))
+                await asyncio.sleep(0.5)
+                assert not pending.done(), "the append did not wait on the stopped sqld"
+                assert hub.proc is not None
+                hub.proc.send_signal(signal.SIGTERM)
+                r = await pending
+            finally:
+                sqld.proc.send_signal(signal.SIGCONT)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "stopped", r.text
+        assert r.headers["retry-after"] == "1"
+        assert hub.proc is not None
+        assert hub.proc.wait(timeout(30)) in (0, -signal.SIGTERM)  # (uvicorn re-raises it)
+        hub.check_clean_shutdown()  # no traceback, no leaked task
+    finally:
+        if hub.proc is not None and hub.proc.poll() is None:
+            hub.kill()
+
+    other = hub_factory(data_dir=tmp_path / "b", env={"HUB_STREAMS_DB": sqld.ws_url})
+    async with httpx.AsyncClient(base_url=other.url, timeout=timeout(30)) as c:
+        r = await c.post(path, json=batch("e2"), headers=PLATFORM)
+        assert r.status_code in (200, 201), r.text
+        got = await stream(c, "ord-stall")
+    assert [e["id"] for e in got["events"]] == ["e1", "e2"], got

@@ -9,7 +9,9 @@ same table.
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -41,6 +43,7 @@ from hub.edge.restaurants import RestaurantsHttp
 from hub.edge.sse import Events
 from hub.edge.streams import StreamsHttp
 from hub.edge.ws import Endpoint
+from hub.errors import Stopped
 from hub.infra.archive import open_archive
 from hub.infra.broker import Broker, MemoryBroker
 from hub.infra.claims import Claims, MemoryClaims, RedisClaims
@@ -302,12 +305,43 @@ class _Hub(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "http" and self._jwks_tokens is not None:
-            await self._jwks_tokens.prepare(_offered_token(scope))
-        for route in self._fast.get(scope["method"] if kind == "http" else kind, ()):
-            if route.match(scope):
-                return await route.app(scope, receive, send)
-        await super().__call__(scope, receive, send)
+        if kind != "http":
+            for route in self._fast.get(kind, ()):
+                if route.match(scope):
+                    return await route.app(scope, receive, send)
+            return await super().__call__(scope, receive, send)
+        try:
+            if self._jwks_tokens is not None:
+                await self._jwks_tokens.prepare(_offered_token(scope))
+            for route in self._fast.get(scope["method"], ()):
+                if route.match(scope):
+                    return await route.app(scope, receive, send)
+            await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            # uvicorn's graceful shutdown ran out (``--graceful-timeout``) while this request
+            # still waited, on a database that stopped answering: the client is told to
+            # retry (elsewhere), not given uvicorn's plain-text 500 and the log a traceback.
+            if not await _answer_stopped(send):
+                raise
+
+
+# What a request still waiting when the server stops is answered (its outcome is unknown).
+STOPPED = Stopped("the hub stopped before this request was done, which may or may not have "
+                  "been carried out: send it again (a repeat is never carried out twice)")
+_STOPPED_BODY = json.dumps(STOPPED.body()).encode()
+
+
+async def _answer_stopped(send: Send) -> bool:
+    """Answer 503 :data:`STOPPED` (connection: close); False if the response had started."""
+    try:
+        await send({"type": "http.response.start", "status": STOPPED.status, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(_STOPPED_BODY)).encode()),
+            (b"retry-after", b"1"), (b"connection", b"close")]})  # fmt: skip
+    except RuntimeError:  # uvicorn: a response already under way cannot be replaced
+        return False
+    await send({"type": "http.response.body", "body": _STOPPED_BODY})
+    return True
 
 
 def _offered_token(scope: Scope) -> str | None:
