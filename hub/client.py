@@ -184,7 +184,9 @@ class Unprocessable(HubError):
 
 
 class Unavailable(HubError):
-    """503: nothing was written; retry (after ``retry_after`` seconds when the hub says)."""
+    """503: nothing was written; retry (after ``retry_after`` seconds when the hub says).
+    Except ``.code == "stopped"``: the instance stopped before the request was done, which
+    may have been carried out, so retry only what is idempotent (as for :class:`Unreachable`)."""
 
     status, default_code, retryable = 503, "unavailable", True
 
