@@ -320,3 +320,36 @@ async def test_many_reads_of_a_large_order_stay_within_the_tenants_budget(
         assert set(codes) <= {200, 503}, codes
         assert codes.count(200) >= clients, codes  # waiting for the budget, not refused
         assert peak < 50e6, peak
+
+
+async def test_a_read_that_waited_while_its_stream_was_archived_answers_from_the_archive(
+    hub_factory: Callable[..., HubProcess],
+) -> None:
+    """``GET /api/streams/{id}`` that read the stream's row (live, lastSeq n), then waited
+    for its tenant's read budget (held here by a socket that reads nothing) while Step 11
+    moved the events to the archive: it answers every event, from the archive, never an
+    empty page of an "active" stream (which a client reading on to lastSeq cannot use)."""
+    hub = hub_factory(env={"HUB_TENANT_READ_BUDGET": str(1 << 20),
+                           "HUB_WS_STALL_TIMEOUT": "30"})  # fmt: skip
+    hog_sid, sid = new_sid(), new_sid()
+    tenant = auth("cust-mem-e", "customer")
+    async with httpx.AsyncClient(base_url=hub.url, timeout=timeout(30)) as c:
+        await open_stream(c, hog_sid, "cust-mem-e", 150)  # 9 MB: more than socket buffers
+        last = await open_stream(c, sid, "cust-mem-e", 0, small=3)
+        hog = await deaf(hub, f"/ws/streams/{hog_sid}?since=0", tenant)
+        try:
+            await asyncio.sleep(1.0)  # the hub fills the socket's buffers and holds a page
+            read = asyncio.create_task(c.get(f"/api/streams/{sid}", headers=tenant))
+            await asyncio.sleep(0.5)
+            assert not read.done(), "the read did not wait for the tenant's budget"
+            r = await c.post(f"/api/streams/{sid}/archive", json={}, headers=PLATFORM)
+            assert r.status_code == 200, r.text
+            assert r.json()["archivedEvents"] == last
+        finally:
+            await abort_all([hog])  # the hog's page goes back to the budget
+        r = await read
+    assert r.status_code == 200, r.text
+    page = r.json()
+    assert [e["seq"] for e in page["events"]] == list(range(1, last + 1)), page
+    assert page["status"] == "archived", page
+    assert page["lastSeq"] == last

@@ -37,6 +37,11 @@ READ_CHUNK = 64  # events read at once, at least (more while the budget taken al
 READ_CHUNK_MAX = 500
 
 
+class _ArchivedMeanwhile(Exception):
+    """A live stream's events ended short of the ``lastSeq`` its row gave: Step 11 moved
+    them to the archive in between (it deletes them only once the archive holds them)."""
+
+
 class StreamsHttp:
     """Reading a stream and archiving it."""
 
@@ -67,8 +72,11 @@ class StreamsHttp:
             except TimeoutError:
                 raise Busy("too many reads of this tenant at once; retry later") from None
         try:
-            return await self._answer(stream_id, since, limit, info.archived, info.last_seq,
-                                      taken)  # fmt: skip
+            try:
+                return await self._answer(stream_id, since, limit, info.archived,
+                                          info.last_seq, taken)  # fmt: skip
+            except _ArchivedMeanwhile:  # the archive holds every event: answer from it
+                return await self._answer(stream_id, since, limit, True, info.last_seq, taken)
         finally:
             if budget is not None:
                 budget.release(who.tenant, taken)
@@ -103,6 +111,8 @@ class StreamsHttp:
             if full:
                 break
             if got < want:  # the end of the stream
+                if not archived and after < last_seq and await self._archived(stream_id):
+                    raise _ArchivedMeanwhile  # Step 11 took its events since its row was read
                 whole = since == 0  # every event of it is in this answer
                 break
         if whole:
@@ -123,6 +133,10 @@ class StreamsHttp:
         body = b"".join(parts)
         del parts
         return Raw(body)
+
+    async def _archived(self, stream_id: str) -> bool:
+        info = await self.node.stream_info(stream_id)
+        return info is not None and info.archived
 
     async def archive(self, request: Request) -> Response:
         stream_id = check_stream_id(request.path_params["stream_id"])
