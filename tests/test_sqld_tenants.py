@@ -45,6 +45,7 @@ from hub.infra.namespaces import Namespaces
 from hub.infra.tenants import TENANT_SCHEMA, Tenants
 from tests.conftest import HubProcess, auth, free_port
 from tests.sqld import TIMEOUT_FACTOR, Sqld, _decode, _encode, sqld_binary
+from tests.test_cli import check_lines, run_hub
 from tests.test_orders import (
     ALI,
     DEST,
@@ -564,3 +565,34 @@ def test_the_tenant_admin_setting_maps_tenants_to_namespaces(tmp_path: Path) -> 
     namespaces = Namespaces("http://:s3cret@10.0.0.5:9090")
     assert namespaces.base == "http://10.0.0.5:9090"
     assert namespaces.reserved("default")
+
+
+def test_check_reaches_the_namespaces_admin_api_with_its_key(
+    on_server: NamespacedSqld, tmp_path: Path
+) -> None:
+    """``hub check`` with HUB_TENANT_ADMIN_URL reads from sqld's admin API with its key (no
+    namespace is created); a wrong key, or an admin API that is not there, fails the
+    tenant DBs' line (exit 1), and the key is never printed."""
+    before = on_server.namespaces()
+    ok = run_hub("check", data=tmp_path / "data")
+    assert ok.returncode == 0, (ok.stdout, ok.stderr)
+    line = check_lines(ok)["tenant DBs"]
+    assert line.startswith("ok "), line
+    assert "admin API http://127.0.0.1:" in line, line
+    assert on_server.namespaces() == before
+
+    wrong = on_server.admin_url.replace(KEY, "not-the-admin-key")
+    bad = run_hub("check", data=tmp_path / "data", extra={"HUB_TENANT_ADMIN_URL": wrong})
+    assert bad.returncode == 1, (bad.stdout, bad.stderr)
+    line = check_lines(bad)["tenant DBs"]
+    assert line.startswith("FAILED "), line
+    assert "refused HUB_TENANT_ADMIN_URL's key" in line, line
+    assert check_lines(bad)["streams DB"].startswith("ok ")
+
+    gone = f"http://:{KEY}@127.0.0.1:{free_port()}"
+    down = run_hub("check", data=tmp_path / "data", extra={"HUB_TENANT_ADMIN_URL": gone})
+    assert down.returncode == 1, (down.stdout, down.stderr)
+    assert check_lines(down)["tenant DBs"].startswith("FAILED "), down.stdout
+    for out in (ok, bad, down):
+        assert KEY not in out.stdout + out.stderr
+        assert "not-the-admin-key" not in out.stdout + out.stderr

@@ -427,7 +427,20 @@ async def _check_db(url: str, settings: Settings) -> str:
 async def _check_tenants(settings: Settings) -> str:
     template = settings.tenant_db
     if _scheme(template) != "file":
-        return "a remote template: each tenant DB is reached at its first use"
+        admin = settings.tenant_admin_url
+        if admin is None:
+            return "a remote template: each tenant DB is reached at its first use"
+        from hub.edge.logs import safe_url
+        from hub.infra.namespaces import Namespaces
+
+        # The key is checked by a read (the default namespace's config): nothing created.
+        namespaces = Namespaces(admin)
+        try:
+            await namespaces.exists("default")
+        finally:
+            await namespaces.close()
+        return (f"a remote template: each tenant DB is reached at its first use; the"
+                f" namespaces' admin API {safe_url(admin)} answers")  # fmt: skip
     from hub.infra.store.file import path_from_url
 
     pattern = str(path_from_url(template))
@@ -476,7 +489,7 @@ def _scrub(text: str, settings: Settings) -> str:
     line = (text.strip().splitlines() or [""])[0][:300]
     secrets = [settings.db_auth_token, settings.secret]
     for url in (settings.redis_url, settings.streams_db, settings.streams_read_db,
-                settings.public_db, settings.tenant_db):  # fmt: skip
+                settings.public_db, settings.tenant_db, settings.tenant_admin_url):  # fmt: skip
         if url and "@" in url.split("//", 1)[-1]:
             secrets.append(url)
             line = line.replace(url, safe_url(url))
