@@ -73,7 +73,11 @@ class DueQueue(Generic[K]):
             wait = self._due[0][0] - time.monotonic()
             if wait > 0:
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+                # cancellation that comes as the event is set (CPython gh-86296), and the
+                # task that owns this queue would then never end.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
                 continue
             return heapq.heappop(self._due)[2]

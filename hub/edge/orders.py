@@ -138,7 +138,8 @@ class OrdersHttp:
             yield
             return
         try:
-            await asyncio.wait_for(budget.acquire(who.tenant, READ_BYTES), self.wait)
+            async with asyncio.timeout(self.wait):  # (not wait_for: hub.timing.DueQueue)
+                await budget.acquire(who.tenant, READ_BYTES)
         except TimeoutError:
             raise Busy("too many reads of this tenant at once; retry later") from None
         try:

@@ -68,7 +68,8 @@ class StreamsHttp:
         budget = self.budget
         if budget is not None:
             try:
-                await asyncio.wait_for(budget.acquire(who.tenant, taken), self.wait)
+                async with asyncio.timeout(self.wait):  # (not wait_for: hub.timing.DueQueue)
+                    await budget.acquire(who.tenant, taken)
             except TimeoutError:
                 raise Busy("too many reads of this tenant at once; retry later") from None
         try:

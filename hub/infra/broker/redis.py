@@ -104,12 +104,14 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def _messages(pubsub: Any, label: str) -> AsyncIterator[dict[str, Any]]:
-    """A pub/sub connection's messages; pings it when idle, raises when it stays silent."""
+async def _messages(pubsub: Any, label: str,
+                    running: Callable[[], bool]) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
+    """A pub/sub connection's messages while ``running()``; pings it when idle, raises
+    when it stays silent."""
     loop = asyncio.get_running_loop()
     last_seen = loop.time()
     pinged = False
-    while True:
+    while running():
         msg = await pubsub.get_message(timeout=1.0)
         now = loop.time()
         if msg is None:
@@ -121,6 +123,21 @@ async def _messages(pubsub: Any, label: str) -> AsyncIterator[dict[str, Any]]:
             continue
         last_seen, pinged = now, False
         yield msg
+
+
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait for them, CLOSE_TIMEOUT at most each round: a task that
+    swallowed its cancellation (see RedisBroker._listen) is cancelled again, and one still
+    running after three rounds is reported, not waited for forever."""
+    pending = {task for task in tasks if not task.done()}
+    for _ in range(3):
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=CLOSE_TIMEOUT)
+    for task in pending:
+        log.error("%s did not end when cancelled; left running", task.get_name())
 
 
 @dataclass(eq=False)
@@ -171,6 +188,9 @@ class RedisBroker:
         self._ctl_link: _Link | None = None  # the connection whose hub:ctl messages count
         self._kick: asyncio.Future[str] | None = None  # set: end this session (slot map moved)
 
+    def _running(self) -> bool:
+        return not self._closed
+
     @property
     def ctl(self) -> str:
         return self.prefix + "ctl"
@@ -193,9 +213,7 @@ class RedisBroker:
         if self._outbox and self._connected:  # hand what is queued to Redis, briefly
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._drain(), 2.0)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _stop(self._tasks)
         self._tasks.clear()
         for fut in self._confirm.values():
             if not fut.done():
@@ -254,13 +272,15 @@ class RedisBroker:
 
     async def _publish_loop(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._closed:  # (see _listen)
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
             try:
                 await self._drain()
                 backoff = 0.1
             except (RedisError, OSError) as exc:
+                if self._closed:
+                    return
                 if self._publish_error is None:
                     log.warning("publishing to redis fails (%s); retrying", exc)
                 self._publish_error = f"publish: {exc}"
@@ -269,7 +289,8 @@ class RedisBroker:
                     await asyncio.sleep(pause)
                 else:  # wait for the listener to see Redis back, or the backoff
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._up.wait(), pause)
+                        async with asyncio.timeout(pause):
+                            await self._up.wait()
                 backoff = min(MAX_BACKOFF, backoff * 2)
                 self._outbox_ready.set()
 
@@ -392,7 +413,8 @@ class RedisBroker:
             fut = self._confirm[name] = asyncio.get_running_loop().create_future()
         try:
             await self._subscribe_cmd(pubsub, name)
-            await asyncio.wait_for(asyncio.shield(fut), CONFIRM_TIMEOUT)
+            async with asyncio.timeout(CONFIRM_TIMEOUT):  # (not wait_for: see _listen)
+                await asyncio.shield(fut)
         except TimeoutError:
             # Slow, not failed: the subscriber goes live now, and what was published
             # before Redis took the subscription is read back from the store once it has.
@@ -439,7 +461,10 @@ class RedisBroker:
 
     async def _listen(self) -> None:
         backoff = 0.1
-        while True:
+        # Until closed, not only until cancelled: on Python 3.11 asyncio.wait_for (which
+        # redis-py sends each command under) swallows a cancellation that comes as the
+        # command completes (CPython gh-86296), and the loop would go on after close().
+        while not self._closed:
             try:
                 await self._session()
             except (RedisError, OSError, TimeoutError) as exc:
@@ -447,6 +472,8 @@ class RedisBroker:
             except Exception as exc:  # a bug must not end the listener: log it, go on
                 self._error = f"{type(exc).__name__}: {exc}"
                 log.error("redis listener failed unexpectedly: %s", self._error)
+            if self._closed:
+                return
             if self._connected:
                 backoff = 0.1  # it had worked: start the backoff over
             await self._drop_pubsub()
@@ -522,7 +549,7 @@ class RedisBroker:
             await pubsub.execute_command("SUNSUBSCRIBE" if self.sharded else "UNSUBSCRIBE",
                                          *names)  # fmt: skip
 
-        async for msg in _messages(pubsub, "redis"):
+        async for msg in _messages(pubsub, "redis", self._running):
             kind, name = _text(msg["type"]), _text(msg["channel"])
             if kind in ("subscribe", "ssubscribe"):
                 if name == self.ctl and not self._connected:
@@ -591,7 +618,7 @@ class RedisBroker:
     async def _read_link(self, link: _Link, subscribed: set[str]) -> None:
         """Relay one master's messages (raises when the connection fails or the slot map
         moved)."""
-        async for msg in _messages(link.pubsub, f"redis {link.node}"):
+        async for msg in _messages(link.pubsub, f"redis {link.node}", self._running):
             kind, name = _text(msg["type"]), _text(msg["channel"])
             if kind in ("subscribe", "ssubscribe"):
                 if name == self.ctl and not link.live:
