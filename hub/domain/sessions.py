@@ -28,6 +28,7 @@ from collections import deque
 from typing import Protocol
 
 from hub.domain.auth import Principal
+from hub.errors import Busy
 from hub.events import MAX_PAYLOAD_BYTES, Event
 
 __all__ = ["EVENT_BYTES", "EVENT_MAX", "READ_BUDGET", "ReadBudget", "Sessions", "Watched",
@@ -184,6 +185,15 @@ class ReadBudget:
                     queue.remove(entry)
                 self._grant(tenant)  # the ones behind may fit now
             raise
+
+    async def acquire_within(self, tenant: str, n: int, seconds: float) -> None:
+        """:meth:`acquire`, or :class:`~hub.errors.Busy` (503, nothing taken) after waiting
+        ``seconds``: what an HTTP read waits for its tenant's budget."""
+        try:
+            async with asyncio.timeout(seconds):  # (not wait_for: see hub.timing.DueQueue)
+                await self.acquire(tenant, n)
+        except TimeoutError:
+            raise Busy("too many reads of this tenant at once; retry later") from None
 
     def release(self, tenant: str, n: int) -> None:
         """Give back ``n`` bytes of ``tenant``'s and let its waiting reads in."""

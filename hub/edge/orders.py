@@ -8,7 +8,6 @@ answer goes back as JSON.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -35,7 +34,6 @@ from hub.edge.wire.orders import (
     decode_pickup,
     decode_ready,
 )
-from hub.errors import Busy
 from hub.events import check_stream_id, check_tenant_id
 
 __all__ = ["STEPS", "OrdersHttp"]
@@ -137,11 +135,7 @@ class OrdersHttp:
         if budget is None:
             yield
             return
-        try:
-            async with asyncio.timeout(self.wait):  # (not wait_for: hub.timing.DueQueue)
-                await budget.acquire(who.tenant, READ_BYTES)
-        except TimeoutError:
-            raise Busy("too many reads of this tenant at once; retry later") from None
+        await budget.acquire_within(who.tenant, READ_BYTES, self.wait)
         try:
             yield
         finally:

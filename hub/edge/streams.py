@@ -11,7 +11,6 @@ answer may hold while it is built is taken from the caller's tenant's
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from starlette.requests import Request
@@ -23,7 +22,7 @@ from hub.domain.node import Node
 from hub.domain.orders.rules import STATUS_OPCODES, status_of
 from hub.domain.sessions import EVENT_MAX, ReadBudget
 from hub.edge.http import Raw, int_param, ok, principal
-from hub.errors import Busy, Forbidden, Unavailable
+from hub.errors import Forbidden, Unavailable
 from hub.events import check_stream_id
 
 __all__ = ["READ_BYTES", "READ_LIMIT_DEFAULT", "READ_LIMIT_MAX", "StreamsHttp"]
@@ -67,11 +66,7 @@ class StreamsHttp:
         taken = 2 * answer + min(count, READ_CHUNK) * EVENT_MAX
         budget = self.budget
         if budget is not None:
-            try:
-                async with asyncio.timeout(self.wait):  # (not wait_for: hub.timing.DueQueue)
-                    await budget.acquire(who.tenant, taken)
-            except TimeoutError:
-                raise Busy("too many reads of this tenant at once; retry later") from None
+            await budget.acquire_within(who.tenant, taken, self.wait)
         try:
             try:
                 return await self._answer(stream_id, since, limit, info.archived,
